@@ -4,18 +4,34 @@ Open one with `open_registry()`; everything it returns is a plain record from
 `transferkit.registry.entities`.
 """
 
-from transferkit.registry.artifacts import LocalArtifactStore
-from transferkit.registry.entities import RUN_STATUSES, ExpertRecord, LineageEdge, RunRecord, TaskRecord
-from transferkit.registry.store import RegistryStore, SqlAlchemyStore, open_registry
+from transferkit.registry.artifacts import ArtifactStore, FsspecArtifactStore, LocalArtifactStore, open_artifact_store
+from transferkit.registry.entities import (
+    RUN_STATUSES,
+    ExpertGroup,
+    ExpertRecord,
+    LineageEdge,
+    RunRecord,
+    TaskExperts,
+    TaskMatch,
+    TaskRecord,
+)
+from transferkit.registry.store import ExpertReader, RegistryStore, SqlAlchemyStore, open_registry
 
 __all__ = [
     "RUN_STATUSES",
+    "ArtifactStore",
+    "ExpertGroup",
+    "ExpertReader",
     "ExpertRecord",
+    "FsspecArtifactStore",
     "LineageEdge",
     "LocalArtifactStore",
     "RegistryStore",
     "RunRecord",
     "SqlAlchemyStore",
+    "TaskExperts",
+    "TaskMatch",
     "TaskRecord",
+    "open_artifact_store",
     "open_registry",
 ]

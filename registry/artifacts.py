@@ -1,72 +1,199 @@
-"""Content-addressed blob store for expert artifacts.
+"""Content-addressed blob stores for expert artifacts, local or at any fsspec URL.
 
-A blob lives at `<root>/sha256/<first 2 hex>/<sha256><suffix>` and its URI is
-that path relative to the root, so a registry folder can be moved or copied as
-a whole. Writes are atomic (temp file in the same folder, fsync, rename, fsync
-of the folders), so a crash never leaves a partial blob under its final name,
-and writing the same bytes twice is a no-op. Blobs are never deleted: a blob
-whose database row was never committed is a harmless orphan.
+A blob's key is `sha256/<first 2 hex>/<sha256><suffix>` under the store's root.
+`open_artifact_store(location)` picks the implementation:
+
+- a plain path or a `file://` URL: `LocalArtifactStore`. URIs are stored relative to the
+  root, so a registry folder can be moved or copied as a whole. Writes are atomic (temp
+  file in the same folder, fsync, rename, fsync of the folders).
+- any other fsspec URL (`s3://bucket/prefix`, `gs://...`, `memory://...`):
+  `FsspecArtifactStore`. URIs are stored as absolute URLs, so every machine of a team
+  reads a blob from where it was written, whatever its own `--artifacts` says. A blob is
+  written to a temporary key and moved to its final key, so a crash never leaves a
+  partial blob under its final name (object stores make a single put atomic anyway).
+
+Either way a blob is written before its registry row commits and writing the same bytes
+twice is a no-op. A blob whose row was never committed (a crash between the two) is a
+harmless orphan; `transferkit gc` deletes orphans of a local store older than a grace
+period, and reusing a blob refreshes its modification time so a blob about to be
+referenced is never old. Readers verify the sha256 recorded in the registry (see the store).
 """
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
 import struct
+import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
+from transferkit.durable import fsync_dir, write_durably
 from transferkit.errors import ArtifactCorruptError, RegistryError
 
+ARTIFACTS_HINT = "make it writable or choose another store with --artifacts or TRANSFERKIT_ARTIFACTS"
 
-class LocalArtifactStore:
-    """Blobs on the local file system, addressed by their sha256."""
+BLOB_FOLDER = "sha256"
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A file under the artifact root: a blob (`uri`), or a temporary file a crashed write left behind."""
+
+    uri: str
+    bytes: int
+    modified: float  # seconds since the epoch
+    partial: bool  # an interrupted write's temporary file, never referenced by any row
+
+class ArtifactStore(abc.ABC):
+    """Where expert blobs live, addressed by their sha256."""
+
+    url: str  # the store's root, as given by the user (shown in messages)
+
+    @abc.abstractmethod
+    def put(self, data: bytes, suffix: str = ".safetensors") -> tuple[str, str, int]:
+        """Store `data` atomically and return (uri, sha256 hex, size in bytes)."""
+
+    @abc.abstractmethod
+    def _read_key(self, uri: str) -> bytes:
+        """The bytes of a URI relative to this store's root (raises if it is missing)."""
+
+    @abc.abstractmethod
+    def location(self, uri: str) -> str:
+        """Where a URI's blob is, for messages."""
+
+    def get(self, uri: str) -> bytes:
+        """The stored bytes of a relative URI or an absolute fsspec URL (raises OSError or the backend's error)."""
+        if _is_url(uri):
+            import fsspec
+
+            with fsspec.open(uri, "rb") as handle:
+                return handle.read()
+        return self._read_key(uri)
+
+
+def open_artifact_store(location: str | Path) -> ArtifactStore:
+    """A store for a local path, a `file://` URL or any other fsspec URL."""
+    text = str(location)
+    if not _is_url(text):
+        return LocalArtifactStore(text)
+    from fsspec.core import split_protocol
+
+    protocol, path = split_protocol(text)
+    if protocol in ("file", "local"):
+        return LocalArtifactStore(path)
+    return FsspecArtifactStore(text)
+
+
+class LocalArtifactStore(ArtifactStore):
+    """Blobs on the local file system, with URIs relative to the root."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
 
     def put(self, data: bytes, suffix: str = ".safetensors") -> tuple[str, str, int]:
-        """Store `data` atomically and return (uri, sha256 hex, size in bytes)."""
         digest = hashlib.sha256(data).hexdigest()
-        uri = f"sha256/{digest[:2]}/{digest}{suffix}"
+        uri = blob_key(digest, suffix)
         target = self.path(uri)
         try:
             if target.is_file() and target.read_bytes() == data:
+                os.utime(target)  # about to be referenced again: not an old orphan for gc
                 return uri, digest, len(data)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                write_durably(tmp, data)
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
             for folder in (target.parent, target.parent.parent, self.root):  # make the new names durable
-                _fsync_dir(folder)
+                fsync_dir(folder)
         except OSError as error:
             raise RegistryError(
-                f"cannot write an artifact under {self.root} ({error.strerror or error}); "
-                "make that folder writable or point TRANSFERKIT_ARTIFACT_ROOT at a writable folder"
+                f"cannot write an artifact under {self.root} ({error.strerror or error}); {ARTIFACTS_HINT}"
             ) from error
         return uri, digest, len(data)
 
-    def get(self, uri: str) -> bytes:
-        """The stored bytes (raises OSError if the blob is missing)."""
+    def _read_key(self, uri: str) -> bytes:
         return self.path(uri).read_bytes()
 
+    def location(self, uri: str) -> str:
+        return uri if _is_url(uri) else str(self.path(uri))
+
+    def blobs(self) -> Iterator[StoredBlob]:
+        """Every file under the blob folder (blobs and leftover temporary files), in a stable order."""
+        folder = self.root / BLOB_FOLDER
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob("*/*")):
+            if path.is_file():
+                stat = path.stat()
+                uri = path.relative_to(self.root).as_posix()
+                yield StoredBlob(uri, stat.st_size, stat.st_mtime, partial=path.name.startswith(".") and path.name.endswith(".tmp"))
+
+    def remove(self, uri: str, min_age: timedelta) -> bool:
+        """Delete the file at `uri` if it was last modified more than `min_age` ago; True if it was deleted."""
+        path = self.path(uri)
+        try:
+            if time.time() - path.stat().st_mtime <= min_age.total_seconds():
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise RegistryError(f"cannot delete {path} ({error.strerror or error}); check the folder's permissions") from error
+        return True
+
     def path(self, uri: str) -> Path:
-        """Absolute path of a blob; refuses URIs that would escape the root."""
-        relative = PurePosixPath(uri)
-        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-            raise ArtifactCorruptError(
-                f"artifact uri {uri!r} does not point inside the artifact store {self.root}; "
-                "the registry entry is damaged, re-train the expert"
-            )
-        return self.root.joinpath(*relative.parts)
+        """Absolute path of a relative URI; refuses URIs that would escape the root."""
+        return self.root.joinpath(*_relative_parts(uri, self.url))
+
+
+class FsspecArtifactStore(ArtifactStore):
+    """Blobs under any fsspec URL, with absolute URLs as URIs."""
+
+    def __init__(self, url: str) -> None:
+        from fsspec.core import url_to_fs
+
+        self.url = url.rstrip("/")
+        try:
+            self.fs, self.root = url_to_fs(self.url)
+        except (ImportError, ValueError) as error:
+            raise RegistryError(
+                f"cannot use the artifact store {self.url} ({error}); install the fsspec backend for that protocol "
+                "(e.g. pip install 'transferkit[s3]' for s3://) or pass a local folder to --artifacts"
+            ) from error
+        self.root = self.root.rstrip("/")
+
+    def put(self, data: bytes, suffix: str = ".safetensors") -> tuple[str, str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        key = blob_key(digest, suffix)
+        target = f"{self.root}/{key}"
+        try:
+            if self.fs.exists(target) and self.fs.cat_file(target) == data:
+                return f"{self.url}/{key}", digest, len(data)
+            temporary = f"{self.root}/tmp/{digest}.{uuid.uuid4().hex[:8]}"
+            self.fs.pipe_file(temporary, data)
+            self.fs.mv(temporary, target)
+        except Exception as error:  # noqa: BLE001 - backends raise OSError, botocore and aiohttp errors alike
+            raise RegistryError(f"cannot write an artifact under {self.url} ({_first_line(error)}); {ARTIFACTS_HINT}") from error
+        return f"{self.url}/{key}", digest, len(data)
+
+    def _read_key(self, uri: str) -> bytes:
+        return self.fs.cat_file(f"{self.root}/{'/'.join(_relative_parts(uri, self.url))}")
+
+    def location(self, uri: str) -> str:
+        return uri if _is_url(uri) else f"{self.url}/{uri}"
+
+
+def blob_key(digest: str, suffix: str) -> str:
+    return f"{BLOB_FOLDER}/{digest[:2]}/{digest}{suffix}"
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -80,11 +207,20 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__") or {})
 
 
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows; NTFS journals renames itself
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _is_url(text: str) -> bool:
+    return "://" in text
+
+
+def _relative_parts(uri: str, root: str) -> tuple[str, ...]:
+    relative = PurePosixPath(uri)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ArtifactCorruptError(
+            f"artifact uri {uri!r} does not point inside the artifact store {root}; "
+            "the registry entry is damaged, re-train the expert"
+        )
+    return relative.parts
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+

@@ -49,6 +49,9 @@ class RunRecord(_Record):
     ended_at: datetime | None
     cost: dict
     error: str | None
+    host: str | None = None  # where the process runs (None for runs recorded before liveness was tracked)
+    pid: int | None = None
+    heartbeat_at: datetime | None = None  # last checkpoint written
 
 
 @dataclass(frozen=True)
@@ -80,3 +83,30 @@ class LineageEdge(_Record):
     child_id: str
     role: str
     weight: float | None
+
+
+@dataclass(frozen=True)
+class ExpertGroup(_Record):
+    """How many experts one (task, method) pair has (under some filter), and when the newest was created."""
+
+    task_name: str
+    method: str
+    count: int
+    newest: datetime
+
+
+@dataclass(frozen=True)
+class TaskMatch(_Record):
+    """A task found by similarity search: cosine similarity of its description embedding to the query."""
+
+    task_name: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class TaskExperts(_Record):
+    """How many experts of a task match some filter, and the best of them (primary dev metric, then newest)."""
+
+    task_name: str
+    count: int
+    best: list[ExpertRecord]

@@ -2,8 +2,9 @@
 
 The schema is created and changed only by the Alembic migrations in
 `alembic/versions/`; these classes must match them (a test compares the two).
-Task embeddings are stored as a JSON list of floats: readable in any SQL client
-and portable across backends, at a size that is irrelevant for a few hundred tasks.
+Task embeddings are stored as float32 little-endian bytes (compact and fast to read
+by the 100k; entities still see a list of floats). `tasks.revision` and the
+`registry_counters` table let search caches fetch only what changed (migration 0002).
 Run cost is split into typed columns (queryable, e.g. total device-seconds) plus
 `cost_extra` JSON for everything else; the store merges them back into one dict.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import numpy as np
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -56,6 +59,19 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+class Float32Vector(TypeDecorator[list[float]]):
+    """A list of floats stored as float32 little-endian bytes."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: list[float] | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else np.asarray(value, dtype="<f4").tobytes()
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> list[float] | None:
+        return None if value is None else np.frombuffer(value, dtype="<f4").tolist()
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -66,8 +82,18 @@ class TaskRow(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     description: Mapped[str] = mapped_column(Text)
     spec: Mapped[dict] = mapped_column(JSON)
-    embedding: Mapped[list[float] | None] = mapped_column(JSON(none_as_null=True))
+    embedding: Mapped[list[float] | None] = mapped_column(Float32Vector)
     embedder_id: Mapped[str | None] = mapped_column(String(200))
+    revision: Mapped[int] = mapped_column(BigInteger, index=True, server_default="0")
+
+
+class CounterRow(Base):
+    """Named counters: `tasks` (the latest task revision) and `registry_id` (random, names this database)."""
+
+    __tablename__ = "registry_counters"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class RunRow(Base):
@@ -96,6 +122,10 @@ class RunRow(Base):
     tokens: Mapped[int | None] = mapped_column(BigInteger)
     energy_joules: Mapped[float | None] = mapped_column(Float)
     cost_extra: Mapped[dict] = mapped_column(JSON)
+    # Where the run's process executes and when it last wrote a checkpoint (gc and --resume judge liveness by them).
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 # Typed cost columns of `runs` and the Python type each value is stored as.
@@ -127,6 +157,7 @@ class ExpertRow(Base):
     artifact_bytes: Mapped[int] = mapped_column(BigInteger)
     trainable_params: Mapped[int] = mapped_column(BigInteger)
     metrics: Mapped[dict] = mapped_column(JSON)
+    dev_score: Mapped[float | None] = mapped_column(Float)  # metrics["dev"][metrics["primary"]], for ranking in SQL
     run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     extra: Mapped[dict] = mapped_column(JSON)

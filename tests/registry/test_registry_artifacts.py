@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from transferkit.errors import ArtifactCorruptError, RegistryError
-from transferkit.registry import LocalArtifactStore, open_registry
+from transferkit.registry import LocalArtifactStore, TaskRecord, open_registry
 from transferkit.registry.artifacts import safetensors_metadata
 
 
@@ -37,7 +37,7 @@ def test_put_replaces_a_damaged_blob(tmp_path):
 
 def test_put_into_an_unwritable_root_is_a_registry_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(RegistryError, match="TRANSFERKIT_ARTIFACT_ROOT"):
+    with pytest.raises(RegistryError, match="--artifacts or TRANSFERKIT_ARTIFACTS"):
         LocalArtifactStore(tmp_path / "file" / "blobs").put(b"x")
 
 
@@ -73,8 +73,15 @@ def test_missing_blob_is_reported(store, register):
             check(expert)
 
 
-def test_registry_folder_can_be_moved(tmp_path, store, register):
-    expert = register("portable")
+def test_registry_folder_can_be_moved(tmp_path):
+    store = open_registry(f"sqlite:///{tmp_path}/registry.db")
+    store.upsert_task(TaskRecord("glue/sst2", "d", {}, None, None))
+    run = store.start_run("train-source", [], {}, None, {}, {}, {})
+    expert = store.register_expert(
+        run_id=run.id, name="portable", task_name="glue/sst2", method="lora", config={}, backbone={},
+        backbone_id="bb", trainable_params=6, metrics={}, tensors={"lora.a": torch.arange(6, dtype=torch.float32).reshape(2, 3)},
+        tensor_metadata={},
+    )
     store.close()
     shutil.copytree(tmp_path, tmp_path.parent / "moved")
     moved = open_registry(f"sqlite:///{tmp_path.parent / 'moved' / 'registry.db'}")

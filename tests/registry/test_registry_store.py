@@ -1,17 +1,19 @@
-"""Round trips through a real migrated SQLite registry: tasks, runs with cost, experts, lineage, lookup."""
+"""Round trips through a real migrated registry (SQLite and PostgreSQL): tasks, runs with cost, experts, lineage, lookup."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from dataclasses import replace
 from datetime import timezone
 
 import pytest
 import torch
+from conftest import execute_sql
+from sqlalchemy.exc import IntegrityError
 
 import transferkit.registry.store as store_module
 from transferkit.errors import InvalidInputError, NotFoundError
-from transferkit.registry import LineageEdge, TaskRecord
+from transferkit.registry import LineageEdge, TaskRecord, open_registry
 
 TASK, OTHER_TASK = "glue/sst2", "glue/rte"  # registered by the `store` fixture
 
@@ -39,7 +41,7 @@ def test_task_upsert_get_list(store):
     assert [t.name for t in store.list_tasks()] == [OTHER_TASK, TASK]
 
 
-def test_run_lifecycle_stores_cost_in_typed_columns(store, tmp_path):
+def test_run_lifecycle_stores_cost_in_typed_columns(store):
     run = store.start_run(
         "train-source", ["transferkit", "x"], {"lr": 0.1}, 42, {"git": "abc"}, {"torch": "2"}, {"fp": "f"}
     )
@@ -51,12 +53,11 @@ def test_run_lifecycle_stores_cost_in_typed_columns(store, tmp_path):
     assert again.status == "finished" and again.ended_at >= again.started_at
     assert again.cost == COST
     assert (again.command, again.seed, again.code_version) == (["transferkit", "x"], 42, {"git": "abc"})
-    with sqlite3.connect(tmp_path / "registry.db") as connection:
-        wall, memory, extra = connection.execute(
-            "SELECT wall_seconds, peak_memory_bytes, cost_extra FROM runs WHERE id = ?", (run.id,)
-        ).fetchone()
+    [(wall, memory, extra)] = execute_sql(
+        store, "SELECT wall_seconds, peak_memory_bytes, cost_extra FROM runs WHERE id = :id", id=run.id
+    )
     assert (wall, memory) == (12.5, 2**33)
-    assert json.loads(extra) == {
+    assert (json.loads(extra) if isinstance(extra, str) else extra) == {
         k: COST[k] for k in ("energy_joules", "energy_note", "device_seconds_kind", "best_step")
     }
     json.dumps(again.to_dict())
@@ -137,8 +138,11 @@ def test_get_expert_by_id_name_and_prefix(store, register):
     expert = register("sst2-lora")
     assert store.get_expert("sst2-lora") == expert
     assert store.get_expert(expert.id[:4]) == expert
+    assert store.get_expert(expert.id[:6].upper()) == expert  # ids are hex: case-insensitive on every backend
     with pytest.raises(NotFoundError):
         store.get_expert(expert.id[:3])  # too short to be taken as a prefix
+    with pytest.raises(NotFoundError):
+        store.get_expert(expert.id[:5] + "%")  # not hex, so not a prefix (and no LIKE wildcard)
 
 
 def test_not_found_suggests_close_names(store, register):
@@ -186,6 +190,7 @@ def test_unique_expert_name(store, register):
 )
 def test_failed_registration_leaves_no_expert(store, register, overrides, error):
     parent = register("parent")
+    overrides = dict(overrides)  # the parameter dict is shared by both backends' runs
     lineage = [(parent.id if p == "PARENT" else p, r, w) for p, r, w in overrides.pop("lineage", [])]
     run = store.start_run("transfer", [], {}, None, {}, {}, {})
     with pytest.raises(error):
@@ -201,10 +206,95 @@ def test_cost_cannot_finish_a_closed_run(store, register):
     assert store.count_experts() == 1
 
 
-def test_database_constraints_guard_lineage(store, register, tmp_path):
+def test_database_constraints_guard_lineage(store, register):
     expert = register("solo")
-    with sqlite3.connect(tmp_path / "registry.db") as connection:
-        connection.execute("PRAGMA foreign_keys = ON")
-        for parent, child in ((expert.id, expert.id), ("ghost", expert.id)):
-            with pytest.raises(sqlite3.IntegrityError):
-                connection.execute("INSERT INTO lineage_edges VALUES (?, ?, 'source', NULL)", (parent, child))
+    for parent, child in ((expert.id, expert.id), ("ghost", expert.id)):
+        with pytest.raises(IntegrityError):
+            execute_sql(store, "INSERT INTO lineage_edges VALUES (:p, :c, 'source', NULL)", p=parent, c=child)
+
+
+def test_best_order_and_run_kind_filter(store, register):
+    def scored(name, score, kind="train-source", **overrides):
+        run = store.start_run(kind, [], {}, None, {}, {}, {})
+        metrics = {"primary": "accuracy", "dev": {"accuracy": score} if score is not None else {}}
+        return register(name, run_id=run.id, metrics=metrics, **overrides)
+
+    scored("low", 0.5), scored("none", None), scored("high", 0.9), scored("high-newer", 0.9)
+    scored("made-by-transfer", 0.99, kind="transfer")
+    assert [e.name for e in store.list_experts(order="best")] == ["made-by-transfer", "high-newer", "high", "low", "none"]
+    assert [e.name for e in store.list_experts(order="best", exclude_run_kind="transfer", limit=2)] == ["high-newer", "high"]
+    with pytest.raises(InvalidInputError, match="order"):
+        store.list_experts(order="worst")
+
+
+def test_counts_per_task_and_method(store, register):
+    register("a1"), register("a2", method="adapter"), register("a3")
+    newest = register("b1", task_name=OTHER_TASK)
+    register("other-backbone", backbone_id="bb-2"), register("prompt", method="prompt")
+    transfer_run = store.start_run("transfer", [], {}, None, {}, {}, {})
+    register("transferred", run_id=transfer_run.id)
+    groups = store.count_experts_by_task_and_method(backbone_id="bb-1", methods=["lora", "adapter"])
+    assert [(g.task_name, g.method, g.count) for g in groups] == [
+        (OTHER_TASK, "lora", 1), (TASK, "adapter", 1), (TASK, "lora", 3)
+    ]
+    assert groups[0].newest == newest.created_at
+    without = store.count_experts_by_task_and_method(backbone_id="bb-1", methods=["lora"], exclude_run_kind="transfer")
+    assert [(g.task_name, g.count) for g in without] == [(OTHER_TASK, 1), (TASK, 2)]
+
+
+def test_best_experts_per_task_in_one_query(store, register):
+    def scored(name, score, task=TASK, **overrides):
+        return register(name, task_name=task, metrics={"primary": "accuracy", "dev": {"accuracy": score}}, **overrides)
+
+    scored("a-low", 0.1), scored("a-high", 0.9), scored("a-mid", 0.5), scored("a-adapter", 0.99, method="adapter")
+    scored("b-only", 0.3, task=OTHER_TASK)
+    groups = store.best_experts_per_task([TASK, OTHER_TASK, "glue/none"], 2, method="lora")
+    assert {t: (g.count, [e.name for e in g.best]) for t, g in groups.items()} == {
+        TASK: (3, ["a-high", "a-mid"]), OTHER_TASK: (1, ["b-only"])
+    }
+    counts_only = store.best_experts_per_task([TASK], 0)
+    assert (counts_only[TASK].count, counts_only[TASK].best) == (4, [])
+
+
+def _restorable(store, *experts):
+    """What `restore` takes, read from `store`: tasks, runs, (expert, artifact bytes) pairs, lineage edges into them."""
+    tasks = [store.get_task(name) for name in sorted({e.task_name for e in experts})]
+    runs = [store.get_run(e.run_id) for e in experts]
+    edges = [edge for e in experts for edge in store.lineage_edges(e.id)["parents"]]
+    return tasks, runs, [(e, store.read_artifact(e)) for e in experts], edges
+
+
+def test_restore_copies_records_exactly_and_twice_is_a_no_op(store, register, tmp_path):
+    parent = register("a")
+    child = register("b", lineage=[(parent.id, "source", 0.25)])
+    other = open_registry(f"sqlite:///{tmp_path}/other.db")
+    records = _restorable(store, parent, child)
+    assert [e.id for e in other.restore(*records)] == [parent.id, child.id]
+    for expert in (parent, child):
+        assert other.get_expert(expert.id) == expert and other.get_run(expert.run_id) == store.get_run(expert.run_id)
+        assert other.lineage_edges(expert.id) == store.lineage_edges(expert.id)
+    assert other.get_task(TASK) == store.get_task(TASK)
+    assert other.read_artifact(child) == store.read_artifact(child)
+    assert other.restore(*records) == []
+
+
+def test_restore_refuses_conflicts_before_writing_anything(store, register, tmp_path):
+    parent = register("a")
+    child = register("b", lineage=[(parent.id, "source", None)])
+    other = open_registry(f"sqlite:///{tmp_path}/other.db")
+    other.upsert_task(TaskRecord(OTHER_TASK, "another description", {"name": OTHER_TASK}, None, None))
+    tasks, runs, experts, edges = _restorable(store, parent, child)
+    clashing_run = replace(runs[0], seed=99)
+    renamed_task = replace(tasks[0], name=OTHER_TASK)
+    cases = [
+        ((tasks, runs[1:], experts[1:], edges), NotFoundError, "neither being restored nor in this registry"),
+        ((tasks, runs, [(experts[0][0], b"other bytes"), experts[1]], edges), InvalidInputError, "does not match its sha256"),
+        ((tasks, runs, experts[:1], edges), InvalidInputError, "not being restored"),
+        (([renamed_task], runs, [(replace(e, task_name=OTHER_TASK), b) for e, b in experts], edges), InvalidInputError, "different description"),
+    ]
+    other.restore(tasks, [clashing_run], [], [])  # a run that shares the id of the one being restored, with other content
+    cases.append(((tasks, runs, experts, edges), InvalidInputError, f"run {runs[0].id} is already in this registry"))
+    for arguments, error, fragment in cases:
+        with pytest.raises(error, match=fragment):
+            other.restore(*arguments)
+    assert other.count_experts() == 0 and not list(other.artifacts.root.rglob("*.safetensors"))
