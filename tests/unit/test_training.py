@@ -145,3 +145,28 @@ def test_cost_meter_measures_cpu_work():
     assert cost["train_examples_per_second"] == 8.0
     # Energy is either measured or explained, never invented.
     assert (cost["energy_joules"] is None) == bool(cost["energy_note"])
+
+
+@pytest.mark.parametrize("method", ["prompt", "lora", "adapter", "prefix", "ept", "mept"])
+def test_every_trainable_parameter_gets_a_gradient(tiny_backbone, method):
+    """DDP (multi-process training) runs without searching for unused parameters: every step must reach them all,
+    with a task prompt correlated with source prompts and, for mixable methods, a top-1 routed source mixture."""
+    from transferkit.composition.transfer import build_mixture
+    from transferkit.methods import METHODS
+    from transferkit.task_prompt import TaskPrompt, description_prompt
+
+    spec = METHODS[method]
+    prompt = TaskPrompt(description_prompt(TOY.description, tiny_backbone, 4), [torch.randn(4, tiny_backbone.hidden_size)])
+    expert, composition = spec.build(spec.config_class(), tiny_backbone), None
+    if spec.composable:
+        composition = build_mixture([spec.build(spec.config_class(), tiny_backbone) for _ in range(3)], tiny_backbone, 1, True)
+    model = TaskModel(tiny_backbone, expert, 2, task_prompt=prompt, composition=composition)
+    model.train()
+    batch = collate(tokenize_examples(toy_examples(4, 0), tiny_backbone.tokenizer, 32, regression=False), range(4), 0)
+    labels = batch.pop("labels")
+    loss = torch.nn.functional.cross_entropy(model(**batch), labels)
+    if composition is not None:
+        loss = loss + composition.auxiliary_loss()
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    model.detach()

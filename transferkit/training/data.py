@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import platformdirs
 import torch
 
+from transferkit.paths import cache_root
 from transferkit.tasks import Example
 
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: pairs joined by PAIR_SEPARATOR for tokenizers that mark no pair boundary
+# Decoder tokenizers (GPT-2, SmolLM2) put nothing between the two texts of a pair; a newline keeps them apart.
+PAIR_SEPARATOR = "\n"
 _MEGA_BATCH = 50
 
 
@@ -53,7 +55,12 @@ def _tokenizer_identity(tokenizer) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TRANSFERKIT_CACHE_DIR") or platformdirs.user_cache_dir("transferkit")) / "tokens"
+    return cache_root() / "tokens"
+
+
+def separates_pairs(tokenizer) -> bool:
+    """Whether the tokenizer marks the boundary of a text pair with special tokens (BERT's [SEP]; Llama's BOS)."""
+    return tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add(pair=False)
 
 
 def tokenize_examples(
@@ -76,6 +83,8 @@ def tokenize_examples(
             pass  # a damaged cache entry is simply rebuilt
     first = [e.texts[0] for e in examples]
     second = [e.texts[1] for e in examples] if examples and len(examples[0].texts) > 1 else None
+    if second is not None and not separates_pairs(tokenizer):
+        first, second = [a + PAIR_SEPARATOR + b for a, b in zip(first, second)], None
     encoded = tokenizer(first, second, truncation=True, max_length=max_length) if examples else {"input_ids": []}
     sequences = encoded["input_ids"]
     offsets = np.zeros(len(sequences) + 1, dtype=np.int64)

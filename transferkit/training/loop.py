@@ -2,13 +2,30 @@
 evaluation keeping the best parameters, final dev and test evaluation.
 
 Accelerate handles device placement and gradient plumbing, so the same loop runs
-on CPU, one GPU or several processes. Only trainable parameters (expert + head)
+on CPU, one GPU or several processes (`torchrun` / `accelerate launch`: DDP, gloo on
+CPU). With several processes, every process builds the same global batch of
+`batch_size` examples and trains on its share (every n-th example); the loss is
+weighted so that DDP's gradient average equals the gradient of the global batch's
+mean loss, so n processes follow the single-process run. Dev and test evaluation is
+sharded the same way and the predictions are gathered, so every process sees the same
+metrics and keeps the same best parameters. Only trainable parameters (expert + head)
 are optimised; the backbone is frozen and, with `precision="bf16"`, run under
 bf16 autocast.
+
+Cost: the first step's forward and backward run under torch's FlopCounterMode; the
+meter extrapolates FLOPs per padded token to every step (batches are dynamically
+padded, so per-token is the honest form of "extrapolated by steps").
+
+Crash safety: with a `Checkpointer`, the full training state is saved every N steps
+and a restarted loop continues from the latest checkpoint, bit-identically on CPU
+(`transferkit.training.checkpoint`). A non-finite loss or gradient norm stops
+training with `TrainingDivergedError` before the optimizer step, so the parameters
+and the last checkpoint stay finite. Gradients are clipped to norm 1.0 by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,16 +33,31 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from transferkit.errors import InvalidInputError
+from transferkit.errors import InvalidInputError, TrainingDivergedError, require
 from transferkit.modeling import TaskModel
 from transferkit.tasks import TaskSpec, compute_metrics, primary_metric
-from transferkit.training.cost import CostMeter
-from transferkit.training.data import TokenizedSplit, collate, length_bucketed_batches, sequential_batches
+from transferkit.training.checkpoint import Checkpointer, LoopState
+from transferkit.training.cost import CostMeter, merge_costs
+from transferkit.training.data import (
+    TokenizedSplit,
+    collate,
+    length_bucketed_batches,
+    sequential_batches,
+)
 
 # Dev evaluations per run when --eval-every is not given. All official metrics are higher-is-better.
 _EVAL_POINTS = 4
@@ -48,21 +80,25 @@ class TrainingConfig:
     eval_every: int | None = None
     eval_batch_size: int = 64
     precision: Literal["fp32", "bf16"] = "fp32"
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm; on by default (0 turns clipping off)
 
     def validate(self) -> None:
-        checks = [
+        rates = (self.lr, self.head_lr, self.prompt_lr)
+        require([
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
-            (self.epochs > 0, f"--epochs must be positive, got {self.epochs}"),
+            (math.isfinite(self.epochs) and self.epochs > 0, f"--epochs must be a positive number, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0 and self.head_lr > 0 and self.prompt_lr > 0, "learning rates must be positive"),
+            (all(math.isfinite(r) and r > 0 for r in rates), f"learning rates must be positive numbers, got {rates}"),
             (8 <= self.max_length <= 4096, f"--max-length must be between 8 and 4096, got {self.max_length}"),
             (self.eval_every is None or self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),
             (self.precision in ("fp32", "bf16"), f"--precision must be fp32 or bf16, got {self.precision}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidInputError(message)
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (math.isfinite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be a finite number >= 0, got {self.grad_clip}"),
+            # torch seeds and the registry's BIGINT column both hold 64-bit integers.
+            (0 <= self.seed < 2**63, f"--seed must be a non-negative integer below 2^63, got {self.seed}"),
+        ])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,17 +146,23 @@ def loss_function(task: TaskSpec) -> Callable[[torch.Tensor, torch.Tensor], torc
     return nn.functional.cross_entropy
 
 
+def process_state() -> PartialState:
+    """This process's place in a `torchrun` / `accelerate launch` job (one process otherwise); the same the loop uses."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 @torch.no_grad()
 def predict(
     model: TaskModel, split: TokenizedSplit, batch_size: int, pad_id: int, task: TaskSpec,
-    progress: Progress | None = None, label: str = "eval",
+    progress: Progress | None = None, label: str = "eval", rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Predictions in the split's original order (argmax, or the scalar for regression)."""
+    """Predictions in the split's original order (argmax, or the scalar for regression), for `rows` only if given."""
     was_training = model.training
     model.eval()
     outputs = np.zeros(len(split), dtype=np.float32 if task.is_regression else np.int64)
-    batches = sequential_batches(split.lengths(), batch_size)
-    bar = progress.add_task(label, total=len(batches), info=f"{len(split)} examples") if progress is not None else None
+    rows = np.arange(len(split)) if rows is None else rows
+    batches = [rows[b].tolist() for b in sequential_batches(split.lengths()[rows], batch_size)]
+    bar = progress.add_task(label, total=len(batches), info=f"{len(rows)} examples") if progress is not None else None
     for indices in batches:
         if bar is not None:
             progress.advance(bar)
@@ -137,14 +179,33 @@ def predict(
 
 def evaluate(
     model: TaskModel, split: TokenizedSplit, task: TaskSpec, batch_size: int, pad_id: int,
-    progress: Progress | None = None, label: str = "eval",
+    progress: Progress | None = None, label: str = "eval", accelerator: Accelerator | None = None,
 ) -> dict[str, float]:
-    predictions = predict(model, split, batch_size, pad_id, task, progress, label)
+    """Metrics on a split; with several processes each predicts every n-th example and all gather the predictions."""
+    if accelerator is None or accelerator.num_processes == 1:
+        predictions = predict(model, split, batch_size, pad_id, task, progress, label)
+    else:
+        mine = np.arange(accelerator.process_index, len(split), accelerator.num_processes)
+        local = predict(model, split, batch_size, pad_id, task, progress, label, rows=mine)
+        predictions = np.zeros_like(local)
+        for rows, values in gather_object([(mine, local[mine])]):
+            predictions[rows] = values
     return compute_metrics(task, predictions.tolist(), split.labels.tolist(), split.groups)
 
 
 def _trainable_snapshot(model: TaskModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _diverged(state: LoopState, what: str, checkpointer: Checkpointer | None) -> TrainingDivergedError:
+    kept = (
+        f"its last good checkpoint (step {checkpointer.last_saved_step}) is kept"
+        if checkpointer is not None and checkpointer.last_saved_step is not None else "no checkpoint was written yet"
+    )
+    return TrainingDivergedError(
+        f"training diverged at step {state.step + 1}: {what}; stopped before the update, {kept}; "
+        "lower --lr/--head-lr (gradient clipping is on unless grad_clip is 0) and train again"
+    )
 
 
 def train(
@@ -157,16 +218,23 @@ def train(
     pad_id: int,
     show_progress: bool = True,
     auxiliary_weight: float = 0.0,
+    checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
     """Train `model`'s trainable parameters; leave it holding the best-on-dev parameters.
 
     The loss is the task loss plus `auxiliary_weight` x the composition's auxiliary loss (PEMT's task sparsity loss).
+    With `checkpointer`, training continues from its latest checkpoint if there is one and saves new ones.
     """
     config.validate()
     if len(train_split) == 0:
         raise InvalidInputError(f"task {task.name} has no training examples")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    torch.manual_seed(config.seed)
+    # Every buffer is either constant (stacked source weights) or a per-process count summed at the end (MEPT load),
+    # so DDP must not overwrite the others' buffers with the first process's on every forward pass. Every trainable
+    # parameter gets a gradient in every step (tested for each method), so DDP needs no search for unused ones.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    torch.manual_seed(config.seed + rank)  # dropout masks differ across processes, as across the examples of one batch
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
     # Never evaluate more often than once per dev-set's worth of training examples: on short runs evaluation would dominate.
@@ -181,55 +249,87 @@ def train(
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler stays unprepared: accelerate would step it once per process, but processes share one global batch.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    task_model: TaskModel = accelerator.unwrap_model(model)  # attributes, evaluation and snapshots bypass DDP
     loss_fn = loss_function(task)
     meter = CostMeter(accelerator.device)
     primary = primary_metric(task)
 
-    best_score, best_step, best_state, best_dev = -math.inf, 0, None, {}
-    loss_history: list[tuple[int, float]] = []
-    eval_history: list[dict] = []
-    step, epoch, running_loss = 0, 0, None
+    # A checkpoint's data position only means something for the same data, batch size, seed and length.
+    identity = {"train_examples": len(train_split), "batch_size": config.batch_size, "seed": config.seed, "total_steps": total_steps}
+    state = LoopState()
+    if checkpointer is not None:
+        state = checkpointer.restore(task_model, optimizer, scheduler, meter, identity) or state
     model.train()
+    show_progress = show_progress and accelerator.is_main_process  # one progress display per job
     with stderr_progress(show_progress) as progress:
-        bar = progress.add_task(f"train {task.short_name}", total=total_steps, info="")
-        while step < total_steps:
-            for indices in length_bucketed_batches(train_split.lengths(), config.batch_size, seed=config.seed + epoch):
+        bar = progress.add_task(f"train {task.short_name}", total=total_steps, completed=state.step, info="")
+        while state.step < total_steps:
+            batches = length_bucketed_batches(train_split.lengths(), config.batch_size, seed=config.seed + state.epoch)
+            for indices in batches[state.batches_done:]:
                 step_start = time.perf_counter()
-                batch = {k: v.to(accelerator.device) for k, v in collate(train_split, indices, pad_id).items()}
+                local = indices[rank::world]  # this process's share of the global batch
+                # DDP averages gradients over processes: weighting each process's mean loss by its share of the batch
+                # (x the process count) makes that average the gradient of the whole batch's mean loss.
+                weight = world * len(local) / len(indices)
+                if not local:  # fewer examples than processes: join the gradient all-reduce with a zero contribution
+                    local = indices[:1]
+                batch = {k: v.to(accelerator.device) for k, v in collate(train_split, local, pad_id).items()}
                 labels = batch.pop("labels")
-                logits = model(**batch)
-                loss = loss_fn(logits, labels)
-                auxiliary = model.composition.auxiliary_loss() if model.composition is not None else None
-                if auxiliary is not None and auxiliary_weight:
-                    loss = loss + auxiliary_weight * auxiliary
-                accelerator.backward(loss)
+                padded_tokens = int(batch["input_ids"].numel())
+                # FLOPs are counted on the first step only (the counter slows the step) and extrapolated per padded token
+                counter = FlopCounterMode(display=False) if state.step == 0 else contextlib.nullcontext()
+                with counter:
+                    logits = model(**batch)
+                    loss = loss_fn(logits, labels)
+                    composition = task_model.composition
+                    auxiliary = composition.auxiliary_loss() if composition is not None else None
+                    if auxiliary is not None and auxiliary_weight:
+                        loss = loss + auxiliary_weight * auxiliary
+                    loss = loss * weight
+                    if not math.isfinite(float(loss.detach())):
+                        raise _diverged(state, f"the loss is {float(loss.detach())}", checkpointer)
+                    accelerator.backward(loss)
+                if state.step == 0:
+                    meter.record_step_flops(counter.get_total_flops(), padded_tokens)
                 if config.grad_clip:
-                    accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
+                    norm = float(accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip))
+                    if not math.isfinite(norm):
+                        raise _diverged(state, f"the gradient norm is {norm}", checkpointer)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                value = float(loss.detach())
-                meter.add_batch(len(indices), int(batch["attention_mask"].sum()), time.perf_counter() - step_start)
-                running_loss = value if running_loss is None else 0.9 * running_loss + 0.1 * value
-                loss_history.append((step, round(value, 5)))
+                state.step += 1
+                state.batches_done += 1
+                value = float(accelerator.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach())
+                examples = len(local) if weight else 0
+                meter.add_batch(examples, int(batch["attention_mask"].sum()), time.perf_counter() - step_start, padded_tokens)
+                state.running_loss = value if state.running_loss is None else 0.9 * state.running_loss + 0.1 * value
+                state.loss_history.append((state.step, round(value, 5)))
                 rate = meter.examples / max(1e-9, meter.train_seconds)
-                progress.update(bar, advance=1, info=f"loss {running_loss:.4f}  {rate:.1f} ex/s")
-                if step % eval_every == 0 or step == total_steps:
-                    dev_metrics = evaluate(model, dev_split, task, config.eval_batch_size, pad_id, progress, "eval dev")
-                    eval_history.append({"step": step, "dev": dev_metrics, "train_loss": round(running_loss, 5)})
-                    if best_state is None or dev_metrics[primary] > best_score:
-                        best_score, best_step, best_dev = dev_metrics[primary], step, dev_metrics
-                        best_state = _trainable_snapshot(model)
+                progress.update(bar, advance=1, info=f"loss {state.running_loss:.4f}  {rate:.1f} ex/s")
+                if state.step % eval_every == 0 or state.step == total_steps:
+                    dev_metrics = evaluate(task_model, dev_split, task, config.eval_batch_size, pad_id, progress, "eval dev", accelerator)
+                    state.eval_history.append({"step": state.step, "dev": dev_metrics, "train_loss": round(state.running_loss, 5)})
+                    if state.best_state is None or dev_metrics[primary] > state.best_score:
+                        state.best_score, state.best_step, state.best_dev = dev_metrics[primary], state.step, dev_metrics
+                        state.best_state = _trainable_snapshot(task_model)
                     if show_progress:
-                        progress.console.print(f"step {step}: dev {primary} {dev_metrics[primary]:.4f} (best {best_score:.4f} @ {best_step})")
-                if step >= total_steps:
+                        progress.console.print(
+                            f"step {state.step}: dev {primary} {dev_metrics[primary]:.4f} (best {state.best_score:.4f} @ {state.best_step})"
+                        )
+                if state.step >= total_steps:
                     break
-            epoch += 1
-        model.load_state_dict(best_state)
-        test_metrics = evaluate(model, test_split, task, config.eval_batch_size, pad_id, progress, "eval test")
-    metrics = {"dev": best_dev, "test": test_metrics}
+                # One writer: in a multi-process run every process holds the same parameters and position.
+                if checkpointer is not None and checkpointer.due(state.step) and accelerator.is_main_process:
+                    checkpointer.save(state, task_model, optimizer, scheduler, meter, identity)
+            else:
+                state.epoch, state.batches_done = state.epoch + 1, 0
+        task_model.load_state_dict(state.best_state)
+        test_metrics = evaluate(task_model, test_split, task, config.eval_batch_size, pad_id, progress, "eval test", accelerator)
+    metrics = {"dev": state.best_dev, "test": test_metrics}
     cost = meter.finish()  # covers training and every evaluation
-    return TrainResult(metrics, best_step, step, loss_history, eval_history, cost)
-
+    if accelerator.num_processes > 1:  # every process measured its own device(s); the registry gets the sum
+        cost = merge_costs(gather_object([cost]))
+    return TrainResult(metrics, state.best_step, state.step, state.loss_history, state.eval_history, cost)

@@ -1,0 +1,61 @@
+"""`transferkit gc`: stale runs, orphaned blobs and stale checkpoints; a dry run unless `--apply`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from transferkit.cli.common import JsonOption, RegistryOption, err, global_options, open_store, out, print_json
+
+from transferkit.errors import InvalidInputError
+
+
+MAX_HOURS = 1_000_000  # about a century: beyond that a duration is not a threshold
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `gc` command to the CLI."""
+    app.command("gc")(gc_command)
+
+
+def gc_command(
+    ctx: typer.Context,
+    apply: Annotated[bool, typer.Option("--apply", help="Remove what is listed (default: only list it).")] = False,
+    older_than: Annotated[
+        float,
+        typer.Option(
+            help="Hours: a running run silent for longer is stale (when its process cannot be checked), "
+            "and a failed run's checkpoint untouched for longer is removed.",
+        ),
+    ] = 24.0,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Close stale runs as failed and remove orphaned blobs and stale checkpoints (a dry run unless --apply)."""
+    from transferkit.gc import BLOB_GRACE, collect_garbage
+    from transferkit.registry.liveness import describe_duration
+
+    if not 0 < older_than <= MAX_HOURS:  # nan fails both comparisons
+        raise InvalidInputError(f"--older-than must be a positive number of hours up to {MAX_HOURS:,}, got {older_than}")
+    store = open_store(global_options(ctx, registry, None))
+    report = collect_garbage(store, apply=apply, older_than=timedelta(hours=older_than))
+    if as_json:
+        print_json(report.to_dict())
+        return
+    verb = "removed" if apply else "would remove"
+    table = Table(title=f"gc: {verb} {len(report.items)} item(s), {_size(sum(i.bytes for i in report.items))}")
+    for column in ("kind", "what", "size", "why"):
+        table.add_column(column, overflow="fold")
+    for item in report.items:
+        table.add_row(item.kind, item.target, _size(item.bytes) if item.bytes else "-", item.reason)
+    out.print(table)
+    if report.kept:
+        err.print(f"kept {len(report.kept)} unreferenced blob(s) younger than the {describe_duration(BLOB_GRACE)} grace period", highlight=False)
+    if not apply and report.items:
+        err.print("dry run: nothing was changed; pass --apply to do it", highlight=False)
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.1f} KiB"
