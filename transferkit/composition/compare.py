@@ -1,9 +1,11 @@
-"""`transferkit compare`: the transfer evaluation grid (targets x strategies x seeds).
+"""`transferkit compare`: the transfer evaluation grid (targets x strategies x seeds),
+and with `--methods` the method grid (tasks x source methods x seeds).
 
 Every cell is an ordinary `transfer` run with the same fixed budget, stored in
 the registry under a deterministic name `<grid>-<target>-<strategy>-s<seed>`.
-A cell that is already stored is not trained again, so an interrupted grid
-resumes where it stopped and `--render-only` re-renders the table from the
+A cell that is already stored is not trained again, and a cell that was
+interrupted continues from its last training checkpoint, so an interrupted grid
+resumes where it stopped, and `--render-only` re-renders the table from the
 registry alone.
 
 Default budget (documented in the README): 50 optimiser steps of 32 examples,
@@ -11,6 +13,11 @@ max length 128, evaluation on dev every 25 steps (the best of the two is kept),
 the target's test split for the reported metric. On the 2-core reference
 machine one cell takes about a minute, so the default 5 x 4 x 3 grid takes
 about an hour.
+
+The method grid trains each cell with `train-source` (each method at its
+recommended learning rate, same budget) and reports, besides the metric, the
+stored expert's trainable parameters, training examples per second (optimiser
+steps only) and the run's peak memory.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from pathlib import Path
 
 from transferkit.composition.transfer import STRATEGIES, TRANSFER_PROMPT_LR, TransferJob, transfer
 from transferkit.errors import InvalidInputError, NotFoundError
+from transferkit.methods import get_method
 from transferkit.registry import ExpertRecord, RegistryStore
-from transferkit.tasks import resolve_task
+from transferkit.task_registry import resolve_registered_task
 from transferkit.training.loop import TrainingConfig
+from transferkit.workflows import SourceJob, train_source
 
 
 @dataclass
@@ -33,7 +42,13 @@ class GridBudget:
     max_length: int = 128
     eval_every: int = 25
     precision: str = "fp32"
-    prompt_lr: float = TRANSFER_PROMPT_LR
+    prompt_lr: float = TRANSFER_PROMPT_LR  # transfer cells only; method cells keep train-source's task-prompt rate
+
+    def training(self, seed: int, **overrides: float) -> TrainingConfig:
+        return TrainingConfig(
+            max_steps=self.max_steps, batch_size=self.batch_size, max_length=self.max_length,
+            eval_every=self.eval_every, seed=seed, precision=self.precision, **overrides,  # type: ignore[arg-type]
+        )
 
 
 @dataclass
@@ -48,16 +63,36 @@ class Grid:
     route_top_k: int | None = None
     sparsity_weight: float = 0.1
 
-    def validate(self) -> None:
+    def validate(self, registry: RegistryStore) -> None:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise InvalidInputError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
         if not self.targets or not self.strategies or not self.seeds:
             raise InvalidInputError("--targets, --strategies and --seeds each need at least one value")
-        self.targets = [resolve_task(t).name for t in self.targets]
+        self.targets = [resolve_registered_task(registry, t).name for t in self.targets]
 
     def cell_name(self, target: str, strategy: str, seed: int) -> str:
         return f"{self.name}-{target.split('/')[-1]}-{strategy}-s{seed}"
+
+
+@dataclass
+class MethodGrid:
+    """Source methods compared on the same tasks, seeds and budget."""
+
+    name: str
+    tasks: list[str]
+    methods: list[str]
+    seeds: list[int]
+    budget: GridBudget = field(default_factory=GridBudget)
+
+    def validate(self, registry: RegistryStore) -> None:
+        if not self.tasks or not self.methods or not self.seeds:
+            raise InvalidInputError("--targets, --methods and --seeds each need at least one value")
+        self.methods = [get_method(m).name for m in self.methods]
+        self.tasks = [resolve_registered_task(registry, t).name for t in self.tasks]
+
+    def cell_name(self, task: str, method: str, seed: int) -> str:
+        return f"{self.name}-{task.split('/')[-1]}-{method}-s{seed}"
 
 
 def _stored(registry: RegistryStore, name: str) -> ExpertRecord | None:
@@ -70,7 +105,7 @@ def _stored(registry: RegistryStore, name: str) -> ExpertRecord | None:
 
 def run_grid(registry: RegistryStore, grid: Grid, data_dir: Path | None, model: str | None, show_progress: bool) -> None:
     """Train every missing cell of the grid."""
-    grid.validate()
+    grid.validate(registry)
     for target in grid.targets:
         for strategy in grid.strategies:
             for seed in grid.seeds:
@@ -83,20 +118,66 @@ def run_grid(registry: RegistryStore, grid: Grid, data_dir: Path | None, model: 
                     sources=grid.sources if strategy != "scratch" else None,
                     top_k=grid.top_k, route_top_k=grid.route_top_k, sparsity_weight=grid.sparsity_weight,
                     model=model, data_dir=data_dir, name=name,
-                    training=TrainingConfig(
-                        max_steps=budget.max_steps, batch_size=budget.batch_size, max_length=budget.max_length,
-                        eval_every=budget.eval_every, seed=seed, precision=budget.precision,  # type: ignore[arg-type]
-                        prompt_lr=budget.prompt_lr,
-                    ),
+                    training=budget.training(seed, prompt_lr=budget.prompt_lr),
                     show_progress=show_progress,
                     command=["transferkit", "compare", f"--grid={grid.name}", f"cell={name}"],
+                    resume=True,  # an interrupted cell continues from its last checkpoint
                 )
                 transfer(registry, job)
 
 
+def run_method_grid(
+    registry: RegistryStore, grid: MethodGrid, data_dir: Path | None, model: str | None, show_progress: bool
+) -> None:
+    """Train every missing cell of the method grid."""
+    grid.validate(registry)
+    for task in grid.tasks:
+        for method in grid.methods:
+            for seed in grid.seeds:
+                name = grid.cell_name(task, method, seed)
+                if _stored(registry, name):
+                    continue
+                train_source(registry, SourceJob(
+                    task=task, method=method, model=model, data_dir=data_dir, name=name, training=grid.budget.training(seed),
+                    show_progress=show_progress,
+                    command=["transferkit", "compare", f"--grid={grid.name}", f"cell={name}"],
+                ))
+
+
+def collect_methods(registry: RegistryStore, grid: MethodGrid) -> list[dict]:
+    """One row per (task, method): test metric mean and std over seeds, parameters, throughput, peak memory."""
+    grid.validate(registry)
+    rows = []
+    for task in grid.tasks:
+        for method in grid.methods:
+            experts = [e for seed in grid.seeds if (e := _stored(registry, grid.cell_name(task, method, seed)))]
+            if not experts:
+                continue
+            primary = experts[0].metrics["primary"]
+            scores = [e.metrics["test"][primary] for e in experts]
+            costs = [registry.get_run(e.run_id).cost for e in experts]
+            rates = [c["train_examples_per_second"] for c in costs if c.get("train_examples_per_second")]
+            peaks = [c["peak_memory_bytes"] for c in costs if c.get("peak_memory_bytes")]
+            rows.append({
+                "task": task,
+                "method": method,
+                "metric": primary,
+                "seeds": len(experts),
+                "mean": statistics.mean(scores),
+                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "scores": scores,
+                "trainable_params": experts[0].trainable_params,
+                "train_examples_per_second": statistics.mean(rates) if rates else None,
+                "peak_memory_bytes": max(peaks) if peaks else None,
+                "wall_seconds": statistics.mean(c.get("wall_seconds") or 0.0 for c in costs),
+                "experts": [e.id for e in experts],
+            })
+    return rows
+
+
 def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
     """One row per (target, strategy): mean and std over seeds of the primary test metric, time, top gates."""
-    grid.validate()
+    grid.validate(registry)
     rows = []
     for target in grid.targets:
         for strategy in grid.strategies:

@@ -8,8 +8,11 @@ from transferkit.errors import NotFoundError
 from transferkit.methods.adapter import AdapterConfig, AdapterExpert
 from transferkit.methods.adapter.stack import AdapterStack
 from transferkit.methods.base import ExpertModule, ExpertStack, MethodConfig, MethodType
+from transferkit.methods.ept import EptConfig, EptExpert
 from transferkit.methods.lora import LoraConfig, LoraExpert
 from transferkit.methods.lora.stack import LoraStack
+from transferkit.methods.mept import MeptConfig, MeptExpert
+from transferkit.methods.prefix import PrefixConfig, PrefixExpert
 from transferkit.methods.prompt import PromptConfig, PromptExpert
 
 METHODS: dict[str, MethodType] = {
@@ -18,6 +21,9 @@ METHODS: dict[str, MethodType] = {
         MethodType("prompt", PromptConfig, PromptExpert, "soft prompt tuning: trainable virtual tokens before the input"),
         MethodType("lora", LoraConfig, LoraExpert, "LoRA: low-rank updates to the attention projections", LoraStack),
         MethodType("adapter", AdapterConfig, AdapterExpert, "bottleneck adapter after every feed-forward block", AdapterStack),
+        MethodType("prefix", PrefixConfig, PrefixExpert, "prefix tuning: trainable keys/values in every attention layer (ReparamPrefix sharing)"),
+        MethodType("ept", EptConfig, EptExpert, "EPT: short prompt + low-rank embedding update, prompt fusion, gated multi-space projection"),
+        MethodType("mept", MeptConfig, MeptExpert, "MEPT: per-layer prompt experts picked top-k by a router, plus a shared prompt"),
     )
 }
 

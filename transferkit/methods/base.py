@@ -56,6 +56,24 @@ def _coerce(text: str, annotation: Any, key: str) -> Any:
         raise InvalidInputError(f"option {key}={text!r} is not a valid {getattr(annotation, '__name__', annotation)}") from None
 
 
+def json_value_matches(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value fits a config field's declared type (a stored or imported config is not trusted)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(json_value_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if origin in (list, tuple):
+        return isinstance(value, list) and all(json_value_matches(item, args[0]) for item in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation in (int, float):
+        return isinstance(value, (int, float) if annotation is float else int) and not isinstance(value, bool)
+    return isinstance(annotation, type) and isinstance(value, annotation)
+
+
 @dataclass
 class MethodConfig:
     """Base class of method configs. Subclasses declare fields with `option(...)`."""
@@ -79,6 +97,10 @@ class MethodConfig:
             raise InvalidInputError(
                 f"unknown option(s) {', '.join(unknown)} for this method; valid: {', '.join(cls.field_names())}"
             )
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            if not json_value_matches(value, hints[key]):
+                raise InvalidInputError(f"option {key}={value!r} is not a valid {_type_name(hints[key])}")
         config = cls(**data)
         config.validate()
         return config
@@ -107,6 +129,12 @@ class MethodConfig:
         ]
 
 
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "choice of " + ", ".join(map(str, typing.get_args(annotation)))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
 class ExpertModule(nn.Module, abc.ABC):
     """Trainable parameters of one expert, attached to a frozen backbone."""
 
@@ -127,6 +155,13 @@ class ExpertModule(nn.Module, abc.ABC):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def training_statistics(self) -> dict[str, Any]:
+        """What the method recorded while training (e.g. MEPT's per-expert load), stored on the expert; none by default.
+
+        Called on every process of a multi-process run (it may sum counts across them), before the main one stores it.
+        """
+        return {}
 
     @abc.abstractmethod
     def export_tensors(self) -> dict[str, torch.Tensor]:
@@ -168,6 +203,13 @@ class ExpertStack(nn.Module, abc.ABC):
 
         inputs: (B, T, in) module input; output: (B, T, out) frozen module output;
         index: (B, k) expert indices per example. Returns (B, k, T, out).
+        """
+
+    @abc.abstractmethod
+    def merge(self, weights: dict[str, torch.Tensor], backbone: Backbone) -> ExpertModule:
+        """One expert of the stacked method whose change to each module equals sum_j weights[module][j] * delta_j.
+
+        `weights` maps every module name to (J,) fixed weights (zero = source unused); exact up to float rounding.
         """
 
 

@@ -56,7 +56,7 @@ class AdapterExpert(ExpertModule):
             {
                 name.replace(".", "/"): Bottleneck(
                     linear_features(modules[name])[1],
-                    max(1, linear_features(modules[name])[1] // config.reduction_factor),
+                    config.bottleneck_size or max(1, linear_features(modules[name])[1] // config.reduction_factor),
                     config.activation,
                 )
                 for name in self.module_names

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from transferkit.backbone import Backbone
 from transferkit.errors import InvalidInputError
+from transferkit.methods.adapter.config import AdapterConfig
 from transferkit.methods.adapter.model import _ACTIVATIONS, AdapterExpert
 from transferkit.methods.base import ExpertStack
 
@@ -17,7 +19,8 @@ class AdapterStack(ExpertStack):
         activations = {expert.config.activation for expert in experts}
         if len(activations) > 1:
             raise InvalidInputError(f"adapter sources use different activations {sorted(activations)}; mix adapters of one kind")
-        self.activation = _ACTIVATIONS[activations.pop()]()
+        self.activation_name = activations.pop()
+        self.activation = _ACTIVATIONS[self.activation_name]()
         self.module_names = sorted({name for expert in experts for name in expert.module_names})
         width = max(a.down.out_features for expert in experts for a in expert.adapters.values())
         self._slots = {}
@@ -47,3 +50,25 @@ class AdapterStack(ExpertStack):
         # Padded units have zero weight and bias; activation(0) is 0 for relu/tanh/gelu, so they add nothing.
         hidden = self.activation(torch.einsum("bto,bkho->bkth", output, tensor("dw")) + tensor("db")[:, :, None, :])
         return torch.einsum("bkth,bkoh->bkto", hidden, tensor("uw")) + tensor("ub")[:, :, None, :]
+
+    def merge(self, weights: dict[str, torch.Tensor], backbone: Backbone) -> AdapterExpert:
+        """One bottleneck per module, the used sources side by side: D = [D_j; ...], U = [w_j U_j, ...], u = sum_j w_j u_j."""
+        used = {name: torch.nonzero(weights[name] > 0).flatten() for name in self.module_names}
+        width = max(len(index) for index in used.values()) * getattr(self, "dw0").shape[1]
+        config = AdapterConfig(bottleneck_size=width, activation=self.activation_name, target_modules=list(self.module_names))
+        merged = AdapterExpert(config, backbone)
+        with torch.no_grad():
+            for name, index in used.items():
+                slot = self._slots[name]
+                tensor = lambda label: getattr(self, f"{label}{slot}")[index]  # noqa: E731
+                weight = weights[name][index]
+                adapter = merged.adapters[name.replace(".", "/")]
+                for parameter in adapter.parameters():
+                    parameter.zero_()
+                units = len(index) * tensor("dw").shape[1]
+                adapter.down.weight[:units] = tensor("dw").reshape(units, -1)
+                adapter.down.bias[:units] = tensor("db").reshape(units)
+                scaled = tensor("uw") * weight[:, None, None].to(tensor("uw").dtype)  # (u, d, b)
+                adapter.up.weight[:, :units] = scaled.permute(1, 0, 2).reshape(scaled.shape[1], units)
+                adapter.up.bias.copy_((tensor("ub") * weight[:, None].to(tensor("ub").dtype)).sum(0))
+        return merged

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from transferkit.backbone import Backbone
 from transferkit.methods.base import ExpertStack
+from transferkit.methods.lora.config import LoraConfig
 from transferkit.methods.lora.model import LoraExpert
 
 
@@ -42,3 +44,21 @@ class LoraStack(ExpertStack):
         b = getattr(self, f"b{slot}")[index].to(inputs.dtype)  # (B, k, out, r)
         hidden = torch.einsum("bti,bkri->bktr", inputs, a)
         return torch.einsum("bktr,bkor->bkto", hidden, b)
+
+    def merge(self, weights: dict[str, torch.Tensor], backbone: Backbone) -> LoraExpert:
+        """A = [A_j; ...] and B = [w_j s_j B_j, ...] over the used sources: rank = used sources x r_max, scaling 1."""
+        used = {name: torch.nonzero(weights[name] > 0).flatten() for name in self.module_names}
+        rank = max(len(index) for index in used.values()) * getattr(self, "a0").shape[1]
+        merged = LoraExpert(LoraConfig(r=rank, alpha=float(rank), dropout=0.0, target_modules=list(self.module_names)), backbone)
+        with torch.no_grad():
+            for name, index in used.items():
+                slot = self._slots[name]
+                a, b = getattr(self, f"a{slot}")[index], getattr(self, f"b{slot}")[index]  # (u, r, in), (u, out, r)
+                scaled = b * weights[name][index].to(b.dtype)[:, None, None]
+                pair = merged.pairs[name.replace(".", "/")]
+                pair.lora_A.zero_()
+                pair.lora_B.zero_()
+                width = a.shape[0] * a.shape[1]
+                pair.lora_A[:width] = a.reshape(width, -1)
+                pair.lora_B[:, :width] = scaled.permute(1, 0, 2).reshape(scaled.shape[1], width)
+        return merged
