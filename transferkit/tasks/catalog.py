@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import asdict, dataclass
+from typing import ClassVar, Iterable
 
 from transferkit.errors import InvalidInputError, NotFoundError
 
@@ -42,6 +43,8 @@ class TaskSpec:
     metrics: tuple[str, ...]
     size: str
 
+    kind: ClassVar[str] = "catalog"  # "custom" for tasks registered from a user's spec file
+
     @property
     def is_regression(self) -> bool:
         return self.label_names is None
@@ -58,6 +61,7 @@ class TaskSpec:
         data["metrics"] = list(self.metrics)
         data["is_regression"] = self.is_regression
         data["num_labels"] = self.num_labels
+        data["kind"] = self.kind
         return data
 
 
@@ -184,24 +188,30 @@ def list_tasks() -> list[TaskSpec]:
     return list(CATALOG.values())
 
 
-def _norm(text: str) -> str:
+def normalize_name(text: str) -> str:
+    """The form task names are compared in: case, spaces, "-" and "_" ignored."""
     # "SST-2", "sts_b", "Super_GLUE" -> "sst2", "stsb", "superglue": users type the official spellings.
     return re.sub(r"[\s_\-]", "", text.strip().lower())
 
 
-def resolve_task(name: str) -> TaskSpec:
-    """Find a task by canonical name ("glue/rte") or bare short name ("rte", "SST-2")."""
+def resolve_task(name: str, registered: Iterable[TaskSpec] = ()) -> TaskSpec:
+    """Find a task by canonical name ("glue/rte") or bare short name ("rte", "SST-2").
+
+    `registered` adds tasks known beyond the catalog (custom tasks from the registry); they
+    are matched the same way, and their names never shadow a catalog task's (checked when added).
+    """
     if not name or not name.strip():
         raise InvalidInputError("task name is empty; run `transferkit tasks` to list the available tasks")
-    key = _norm(name)
+    candidates = [*CATALOG.values(), *registered]
+    key = normalize_name(name)
     if "/" in key:
-        spec = CATALOG.get(key)
+        spec = next((spec for spec in candidates if normalize_name(spec.name) == key), None)
         if spec is not None:
             return spec
     else:
         if key in BARE_NAME_ALIASES:
             return CATALOG[BARE_NAME_ALIASES[key]]
-        matches = [spec for spec in CATALOG.values() if spec.short_name == key]
+        matches = [spec for spec in candidates if normalize_name(spec.short_name) == key]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -209,14 +219,16 @@ def resolve_task(name: str) -> TaskSpec:
                 f"task name {name!r} is ambiguous: it matches {', '.join(s.name for s in matches)}; "
                 "use the full benchmark/task name"
             )
-    raise NotFoundError(f"unknown task {name!r}{_suggestion(key)}; run `transferkit tasks` to list the available tasks")
+    raise NotFoundError(
+        f"unknown task {name!r}{_suggestion(key, candidates)}; run `transferkit tasks` to list the available tasks"
+    )
 
 
-def _suggestion(key: str) -> str:
+def _suggestion(key: str, candidates: list[TaskSpec]) -> str:
     targets: dict[str, list[str]] = {}
-    for spec in CATALOG.values():
-        targets.setdefault(spec.name, []).append(spec.name)
-        targets.setdefault(spec.short_name, []).append(spec.name)
+    for spec in candidates:
+        targets.setdefault(normalize_name(spec.name), []).append(spec.name)
+        targets.setdefault(normalize_name(spec.short_name), []).append(spec.name)
     close = difflib.get_close_matches(key, list(targets), n=3, cutoff=0.6)
     # A close bare name and a close full name often point at the same task: list each task once.
     names = list(dict.fromkeys(name for candidate in close for name in targets[candidate]))

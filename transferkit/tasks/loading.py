@@ -1,4 +1,4 @@
-"""Loading task data from local official files or the Hugging Face Hub.
+"""Loading task data from local official files or the Hugging Face Hub (custom tasks: `transferkit.tasks.custom`).
 
 `load_splits(task, data_dir, seed)` returns the train/dev/test `TaskSplits` of
 a catalog task under the protocol in `transferkit.tasks.splits` (small tasks:
@@ -33,10 +33,18 @@ files are unlabeled and never read.
 
 SuperGLUE (``train.jsonl`` + ``val.jsonl``): one JSON object per line.
 
-Labels may be label names (matched case-insensitively) or integer indices, as
-the official files mix both ("entailment", "0", JSON booleans); anything else
-is an error naming file and line. STS-B scores are floats rounded to 6 decimals
-(the Hub stores them as float32).
+Labels may be label names (matched case-insensitively, surrounding spaces
+ignored) or integer indices (ASCII digits or JSON integers), as the official
+files mix both ("entailment", "0", JSON booleans for two-class tasks); anything
+else is an error naming file and line. STS-B scores are finite floats rounded to
+6 decimals (the Hub stores them as float32).
+
+Malformed input is never silently repaired: a split file without examples, a
+row with the wrong number of fields, a label outside the label set, a missing or
+non-text field, invalid JSON or UTF-8, and a .tsv field longer than Python's csv
+limit (131,072 characters) are each a one-line `DataError` naming the file and
+line, with offending values shown shortened. Blank lines are not rows. The only
+rows ever skipped are QQP's known malformed ones, counted in the protocol.
 
 How rows become model inputs (`Example.texts`, one string or a pair)
 --------------------------------------------------------------------
@@ -91,8 +99,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +106,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from transferkit.errors import DataError, InvalidInputError, NotFoundError
 from transferkit.tasks.catalog import TaskSpec
+from transferkit.tasks.custom import CustomTask, load_custom_splits
+from transferkit.tasks.labels import ASCII_INDEX, parse_label, shown
 from transferkit.tasks.splits import Example, TaskSplits, split_large, split_small, subsample_train
 
 Row = Mapping[str, Any]
@@ -218,39 +226,13 @@ _DERIVED_FILES = {"train": "train.json", "validation": "dev.json"}
 # --------------------------------------------------------------------------- conversion (shared by all sources)
 
 
-def _parse_label(task: TaskSpec, value: Any, where: str) -> int | float:
-    if task.label_names is None:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: {task.name} score {value!r} is not a number") from None
-        if not math.isfinite(number):
-            raise DataError(f"{where}: {task.name} score {value!r} is not a finite number")
-        return round(number, 6)
-    index: int | None = None
-    if isinstance(value, bool):
-        index = int(value)
-    elif isinstance(value, numbers.Integral):
-        index = int(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        by_name = {name.lower(): i for i, name in enumerate(task.label_names)}
-        index = by_name.get(text.lower(), int(text) if text.isdigit() else None)
-    if index is None or not 0 <= index < task.num_labels:
-        raise DataError(
-            f"{where}: unknown {task.name} label {value!r} (expected one of {', '.join(task.label_names)} "
-            f"or an index 0-{task.num_labels - 1})"
-        )
-    return index
-
-
 def _to_example(task: TaskSpec, fmt: _Format, where: str, row: Row) -> Example:
     try:
         not_text = [name for name in task.input_fields if not isinstance(row[name], str)]
         if not_text:
-            raise DataError(f"{where}: {task.name} field {not_text[0]!r} is {row[not_text[0]]!r}, not a string")
+            raise DataError(f"{where}: {task.name} field {not_text[0]!r} is {shown(row[not_text[0]])}, not a string")
         texts, group = fmt.encode(row, task)
-        label = _parse_label(task, row["label"], where)
+        label = parse_label(task, row["label"], where)
     except KeyError as exc:
         needed = ", ".join((*task.input_fields, "label"))
         raise DataError(f"{where}: missing field {exc.args[0]!r} (a {task.name} row needs {needed})") from None
@@ -259,6 +241,12 @@ def _to_example(task: TaskSpec, fmt: _Format, where: str, row: Row) -> Example:
 
 def _convert(task: TaskSpec, fmt: _Format, rows: Iterable[Located]) -> list[Example]:
     return [_to_example(task, fmt, where, row) for where, row in rows]
+
+
+def _require_examples(examples: list[Example], path: Path) -> list[Example]:
+    if not examples:
+        raise DataError(f"{path}: holds no examples; expected the official file with at least one row")
+    return examples
 
 
 def convert_hub_dataset(task: TaskSpec, dataset: Any, origin: str) -> list[Example]:
@@ -296,7 +284,8 @@ def _read_tsv(path: Path, fmt: _Format) -> tuple[list[Located], int]:
                 raise DataError(f"{path}: the file is empty; expected a GLUE .tsv with a header line")
             missing = [column for column in fmt.tsv_columns if column not in header]
             if missing:
-                raise DataError(f"{path}: header has no column {missing[0]!r} (found: {', '.join(header)}); expected the official GLUE format")
+                found = shown(", ".join(header), 120)
+                raise DataError(f"{path}: header has no column {missing[0]!r} (found: {found}); expected the official GLUE format")
             for record in reader:
                 line = reader.line_num
                 if not record:
@@ -334,7 +323,7 @@ def _read_jsonl(path: Path, fmt: _Format) -> list[Located]:
                 try:
                     rows.extend((where, row) for row in (fmt.reshape(record) if fmt.reshape else [record]))
                 except (KeyError, TypeError) as exc:
-                    raise DataError(f"{where}: record is not in the official SuperGLUE layout (problem at {exc})") from None
+                    raise DataError(f"{where}: record is not in the official SuperGLUE layout (problem at {shown(exc)})") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
@@ -348,7 +337,7 @@ def _read_derived(path: Path, task: TaskSpec) -> list[Located]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot be read as JSON ({exc})") from None
-    if not isinstance(data, dict) or not all(key.isdigit() for key in data):
+    if not isinstance(data, dict) or not all(ASCII_INDEX.fullmatch(key) for key in data):
         raise DataError(f'{path}: expected a JSON object keyed by "0", "1", ... (the PowerfulPromptFT layout)')
     first, second = task.input_fields
     rows: list[Located] = []
@@ -449,7 +438,7 @@ def _load_local(task: TaskSpec, fmt: _Format, data_dir: Path) -> _Loaded:
             if fmt.derived:
                 tried.append(str(data_dir / "derived" / "powerfulpromptft_glue_pretrain" / fmt.folder / _DERIVED_FILES[split]))
             raise DataError(f"{task.name}: no {split} file found (tried {', '.join(tried)}); {_FIX_IT}")
-        loaded[split] = _convert(task, fmt, rows)
+        loaded[split] = _require_examples(_convert(task, fmt, rows), path)
         files[split] = str(path)
 
     provenance: dict = {"source": "local", "files": files}
@@ -505,18 +494,23 @@ def _load_hub(task: TaskSpec, fmt: _Format) -> _Loaded:
 
 
 def load_splits(task: TaskSpec, data_dir: Path | None, seed: int, *, max_train_examples: int | None = None) -> TaskSplits:
-    """Train/dev/test splits of `task` from local official files (`data_dir`) or the Hub (`data_dir` None)."""
+    """Train/dev/test splits of `task`: a catalog task from local official files (`data_dir`) or the Hub
+    (`data_dir` None), a custom task from its registered files (`transferkit.tasks.custom`)."""
     if max_train_examples is not None and max_train_examples < 1:
         raise InvalidInputError(f"max_train_examples must be a positive integer, got {max_train_examples}")
-    fmt = _format(task)
-    loaded = _load_hub(task, fmt) if data_dir is None else _load_local(task, fmt, Path(data_dir))
-    train = loaded.train
-    if task.size == "small":
-        dev, test, protocol = split_small(task, loaded.validation, seed)
+    if isinstance(task, CustomTask):
+        train, dev, test, protocol = load_custom_splits(task, None if data_dir is None else Path(data_dir), seed)
     else:
-        train, dev, protocol = split_large(task, train, seed)
-        test = loaded.validation
-    protocol = {**protocol, "seed": seed, **loaded.provenance}
+        fmt = _format(task)
+        loaded = _load_hub(task, fmt) if data_dir is None else _load_local(task, fmt, Path(data_dir))
+        train = loaded.train
+        if task.size == "small":
+            dev, test, protocol = split_small(task, loaded.validation, seed)
+        else:
+            train, dev, protocol = split_large(task, train, seed)
+            test = loaded.validation
+        protocol = {**protocol, **loaded.provenance}
+    protocol = {**protocol, "seed": seed}
     if max_train_examples is not None:
         protocol["max_train_examples"] = max_train_examples
         protocol["train_examples_before_subsample"] = len(train)

@@ -138,3 +138,33 @@ def subsample_train(task: TaskSpec, train: Sequence[Example], limit: int, seed: 
         return list(train)
     keep = set(_rng(task, "train-subsample", seed).sample(range(len(train)), limit))
     return [e for i, e in enumerate(train) if i in keep]
+
+
+def hold_out_counts(task: TaskSpec, total: int, fractions: dict[str, float]) -> dict[str, int]:
+    """How many of `total` examples `hold_out` moves into each split: round(fraction x total), at least one."""
+    counts = {name: max(1, round(fraction * total)) for name, fraction in fractions.items()}
+    if sum(counts.values()) >= total:
+        wanted = ", ".join(f"{count} {name}" for name, count in counts.items())
+        raise DataError(f"{task.name}: {total} examples are too few to hold out {wanted} and keep any for training")
+    return counts
+
+
+def hold_out(
+    task: TaskSpec, examples: Sequence[Example], fractions: dict[str, float], seed: int
+) -> tuple[list[Example], dict[str, list[Example]], dict]:
+    """Move seeded random fractions of `examples` into new splits, e.g. {"dev": 0.1, "test": 0.1}.
+
+    Returns (the rest, the held-out splits, info); every split keeps source-file order.
+    """
+    counts = hold_out_counts(task, len(examples), fractions)
+    order = list(range(len(examples)))
+    _rng(task, "hold-out", seed).shuffle(order)
+    assigned: dict[int, str] = {}
+    start = 0
+    for name, count in counts.items():
+        assigned.update((i, name) for i in order[start : start + count])
+        start += count
+    held = {name: [e for i, e in enumerate(examples) if assigned.get(i) == name] for name in counts}
+    rest = [e for i, e in enumerate(examples) if i not in assigned]
+    info = {"name": "custom: " + ", ".join(f"{fractions[n]:g} of the examples held out as {n}" for n in counts), "held_out": counts}
+    return rest, held, info
