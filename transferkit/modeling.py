@@ -1,8 +1,17 @@
 """Backbone + expert + task head, as one model that maps token ids to logits.
 
-The head reads mean-pooled hidden states of the real (non-virtual) tokens: the
-embedded MiniLM was trained with mean pooling, and a CLS-pooler head loses
-about 11 points on SST-2 before any tuning (REFERENCE.md §5).
+Encoders: the head reads mean-pooled hidden states of the real (non-virtual)
+tokens: the embedded MiniLM was trained with mean pooling, and a CLS-pooler
+head loses about 11 points on SST-2 before any tuning (REFERENCE.md §5).
+
+Causal LMs: the head reads the final hidden state of the last real token (the
+only position that has seen the whole input; as transformers'
+`LlamaForSequenceClassification` does, not a verbalizer over the vocabulary).
+It is found from the attention mask, so left and right padding give the same
+position; transferkit's own batches are right-padded, so the real tokens sit
+at consecutive positions right after the prompts. Everything virtual (task prompt, soft
+prompt) is prepended, i.e. *before* the text, where every real token can attend
+to it.
 """
 
 from __future__ import annotations
@@ -29,6 +38,13 @@ COMPOSITION_PREFIX = "composition."
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state at each row's last position whose mask is 1 (right or left padding alike)."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask.bool(), positions, -1).max(dim=1).values.clamp_min(0)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 class TaskHead(nn.Module):
@@ -65,6 +81,9 @@ class Composition(nn.Module, abc.ABC):
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Loss term collected during the last forward pass, if any."""
 
+    def observe_task_prompt(self, prompt: torch.Tensor) -> None:
+        """Called with the (P, d) task prompt before every backbone pass; a task-level gate reads it."""
+
     @abc.abstractmethod
     def export_tensors(self) -> dict[str, torch.Tensor]:
         """Trained tensors to store (the frozen sources are referenced by lineage, not copied)."""
@@ -97,9 +116,13 @@ class TaskModel(nn.Module):
         self.composition = composition
         self.head = TaskHead(backbone.hidden_size, num_outputs)
         self.precision: Precision = precision
-        if composition is not None:
-            composition.attach(backbone, task_prompt.length if task_prompt is not None else 0)
-        expert.attach(backbone)
+        self.attach()
+
+    def attach(self) -> None:
+        """Hook the composition and the expert into the shared backbone (done on construction)."""
+        if self.composition is not None:
+            self.composition.attach(self.backbone, self.task_prompt.length if self.task_prompt is not None else 0)
+        self.expert.attach(self.backbone)
 
     def detach(self) -> None:
         """Remove every hook from the shared backbone."""
@@ -119,15 +142,22 @@ class TaskModel(nn.Module):
         embeddings = self.backbone.input_embeddings()(input_ids)
         embeddings, full_mask, virtual = self.expert.prepare_inputs(embeddings, attention_mask)
         if self.task_prompt is not None:
-            prompt = self.task_prompt().to(embeddings.dtype).unsqueeze(0).expand(embeddings.shape[0], -1, -1)
+            task_prompt = self.task_prompt()
+            if self.composition is not None:
+                self.composition.observe_task_prompt(task_prompt)
+            prompt = task_prompt.to(embeddings.dtype).unsqueeze(0).expand(embeddings.shape[0], -1, -1)
             embeddings = torch.cat([prompt, embeddings], dim=1)
             full_mask = torch.cat([full_mask.new_ones(full_mask.shape[0], prompt.shape[1]), full_mask], dim=1)
             virtual += prompt.shape[1]
         kwargs = {"inputs_embeds": embeddings, "attention_mask": full_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(token_type_ids.shape[0], virtual), token_type_ids], dim=1)
+        if self.backbone.causal:
+            kwargs["use_cache"] = False  # one forward pass per batch: a key/value cache would only cost memory
         with autocast_context(self.device, self.precision):
             hidden = self.backbone.model(**kwargs).last_hidden_state
+        if self.backbone.causal:
+            return last_token_pool(hidden[:, virtual:].float(), attention_mask)
         return mean_pool(hidden[:, virtual:].float(), attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
