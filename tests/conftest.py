@@ -21,8 +21,56 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))
-    monkeypatch.delenv("TRANSFERKIT_REGISTRY", raising=False)
-    monkeypatch.delenv("TRANSFERKIT_ARTIFACT_ROOT", raising=False)
+    for name in ("TRANSFERKIT_REGISTRY", "TRANSFERKIT_ARTIFACTS", "TRANSFERKIT_ARTIFACT_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _postgres_unavailable(reason: str, required: bool) -> None:
+    """Skip; but fail where PostgreSQL is required (CI sets TRANSFERKIT_REQUIRE_POSTGRES=1)."""
+    message = f"PostgreSQL tests need a server: {reason}"
+    if required and os.environ.get("TRANSFERKIT_REQUIRE_POSTGRES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _start_postgres(bindir: Path | None, missing: str, required: bool = True):
+    from postgres_server import PostgresUnavailable, TemporaryPostgres
+
+    try:
+        import psycopg  # noqa: F401 - the driver the registry uses
+    except ImportError:
+        _postgres_unavailable("the psycopg driver is not installed (pip install 'transferkit[postgres]')", required)
+    if bindir is None:
+        _postgres_unavailable(missing, required)
+    try:
+        return TemporaryPostgres(bindir).start()
+    except PostgresUnavailable as error:
+        _postgres_unavailable(f"the server in {bindir} did not start ({error})", required)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL (the installed one, e.g. Debian's) on 127.0.0.1 for the whole session."""
+    from postgres_server import installed_bindir
+
+    server = _start_postgres(installed_bindir(), "no PostgreSQL server binaries found (apt-get install postgresql)")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgvector_server(postgres_server):
+    """A PostgreSQL server with the pgvector extension: the installed one if it has it, else the pgserver wheel's."""
+    from postgres_server import pgserver_bindir
+
+    if "vector" in postgres_server.available_extensions():
+        yield postgres_server
+        return
+    server = _start_postgres(
+        pgserver_bindir(), "the installed server has no pgvector and the pgserver wheel is absent", required=False
+    )
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +100,67 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def tiny_backbone(tiny_model_dir):
-    """A fresh tiny backbone per test (the process-wide cache would share hooks between tests)."""
+def _fresh_backbone(folder: Path):
+    """Load past the process-wide cache, which would share hooks between tests."""
     from transferkit.backbone import _load_backbone, load_backbone
 
     _load_backbone.cache_clear()
-    return load_backbone(str(tiny_model_dir))
+    return load_backbone(str(folder))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line per registry backend, so a CI log shows the registry suite passing on SQLite and on PostgreSQL."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") != "call" and outcome == "passed":
+                continue
+            first_param = report.nodeid.partition("[")[2].rstrip("]").split("-")[0]  # the `registry_url` fixture's id
+            backend = first_param if first_param in ("sqlite", "postgresql") else None
+            if backend and report.nodeid.startswith("tests/registry/"):
+                counts.setdefault(backend, {}).setdefault(outcome, 0)
+                counts[backend][outcome] += 1
+    for backend, outcomes in sorted(counts.items()):
+        shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+        terminalreporter.write_line(f"registry suite on {backend}: {shown}")
+
+
+@pytest.fixture
+def tiny_backbone(tiny_model_dir):
+    """A fresh tiny backbone per test."""
+    return _fresh_backbone(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 Llama (a causal LM) with random weights and a small byte-level BPE tokenizer.
+
+    Like decoder tokenizers (GPT-2, SmolLM2) the tokenizer adds no special tokens, puts nothing
+    between the texts of a pair and has no pad token (the backbone falls back to its EOS).
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["the cat sat on the mat", "a good film", "a rather dull and long film", "Given a premise, the task is to decide"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(corpus * 10, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512,
+    )
+    LlamaModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_llama(tiny_llama_dir):
+    """A fresh tiny causal-LM backbone per test."""
+    return _fresh_backbone(tiny_llama_dir)

@@ -20,6 +20,13 @@ class InvalidInputError(TransferkitError):
     """An argument or input file is malformed or out of range."""
 
 
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise InvalidInputError with the message of the first failed (ok, message) check."""
+    for ok, message in checks:
+        if not ok:
+            raise InvalidInputError(message)
+
+
 class DataError(TransferkitError):
     """Task data is missing or unreadable."""
 
@@ -34,3 +41,15 @@ class IncompatibleBackboneError(TransferkitError):
 
 class RegistryError(TransferkitError):
     """The registry database cannot be opened, migrated or written."""
+
+
+class TrainingDivergedError(TransferkitError):
+    """Training produced a non-finite loss or gradient and was stopped before corrupting the parameters."""
+
+
+class OutputError(TransferkitError):
+    """An output folder cannot be created or written."""
+
+
+class RemoteError(TransferkitError):
+    """A remote (a shared folder, the Hugging Face Hub) could not be reached or refused a transfer."""

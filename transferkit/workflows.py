@@ -3,31 +3,42 @@
 Everything a user can get wrong (task name, method options, data files, model)
 is checked before the run row is written, so bad input leaves the registry
 untouched; a failure during training marks the run `failed` and stores no expert.
+
+Training checkpoints go to `<registry checkpoint root>/<run id>/` every
+`checkpoint_every` steps and are deleted once the expert is stored. With
+`resume=True` a job continues the most recent unfinished (failed, or running
+with its process gone) run with exactly the same recorded settings, data and
+backbone, from that run's latest checkpoint; without one it starts a new run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from accelerate.utils import broadcast_object_list
+from rich.console import Console
 
 from transferkit.backbone import Backbone, load_backbone
-from transferkit.embedding import embed_texts, embedder_id
-from transferkit.errors import ArtifactCorruptError, InvalidInputError
+from transferkit.errors import ArtifactCorruptError, InvalidInputError, RegistryError, require
 from transferkit.methods import DEFAULT_METHOD, ExpertModule, MethodConfig, get_method
 from transferkit.modeling import EXPERT_PREFIX, HEAD_PREFIX, TASK_PROMPT_PREFIX, TaskModel
 from transferkit.provenance import code_version, package_versions
-from transferkit.registry import ExpertRecord, RegistryStore, TaskRecord
-from transferkit.tasks import TaskSpec, TaskSplits, load_splits, resolve_task
+from transferkit.registry import ExpertReader, ExpertRecord, RegistryStore, RunRecord
+from transferkit.task_registry import ensure_task_record, job_task
+from transferkit.tasks import TaskSpec, TaskSplits, load_splits
 from transferkit.task_prompt import DEFAULT_TASK_PROMPT_LENGTH, TaskPrompt, description_prompt
+from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY, Checkpointer, list_checkpoints
 from transferkit.training.data import tokenize_examples
-from transferkit.training.loop import TrainingConfig, TrainResult, train
+from transferkit.training.loop import TrainingConfig, TrainResult, process_state, train
 
 ARTIFACT_FORMAT = "transferkit.expert/1"
+MAX_TASK_PROMPT_LENGTH = 512
 
 
 @dataclass(kw_only=True)
@@ -37,6 +48,7 @@ class JobOptions:
     method_options: list[str] = field(default_factory=list)
     model: str | None = None
     data_dir: Path | None = None
+    task_file: Path | None = None  # a custom task spec: checked, then registered with the job's expert
     name: str | None = None
     lr: float | None = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -44,25 +56,46 @@ class JobOptions:
     task_prompt_length: int = DEFAULT_TASK_PROMPT_LENGTH
     show_progress: bool = True
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+    resume: bool = False  # continue the latest unfinished run with the same settings
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # steps between training checkpoints (0: none)
+    # Edges (parent_id, role, weight) added to the new expert's lineage, e.g. `reproduce`'s link to the original.
+    extra_lineage: list[tuple[str, str, float | None]] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Refuse out-of-range options before any work is done (the training settings included)."""
+        self.training.validate()
+        require([
+            (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"--lr must be a positive number, got {self.lr}"),
+            (self.max_train_examples is None or self.max_train_examples >= 1,
+             f"--max-train-examples must be at least 1, got {self.max_train_examples}"),
+            (0 <= self.task_prompt_length <= MAX_TASK_PROMPT_LENGTH,
+             f"--task-prompt-length must be between 0 and {MAX_TASK_PROMPT_LENGTH}, got {self.task_prompt_length}"),
+            (self.checkpoint_every >= 0, f"--checkpoint-every must be at least 0 (0: no checkpoints), got {self.checkpoint_every}"),
+        ])
+
+    def record(self, **resolved: object) -> dict:
+        """The user-facing options as JSON, plus the job-specific ones as resolved (task name, source ids, ...).
+
+        Stored as the run's hyperparams["job"]; the keys are this dataclass's field names, so
+        `transferkit reproduce` rebuilds the job from it without re-parsing the command line.
+        """
+        return {
+            "method_options": list(self.method_options),
+            "model": self.model,
+            "lr": self.lr,
+            "training": self.training.to_dict(),
+            "max_train_examples": self.max_train_examples,
+            "task_prompt_length": self.task_prompt_length,
+            **resolved,
+        }
 
 
 @dataclass(kw_only=True)
 class SourceJob(JobOptions):
     """A `train-source` job."""
 
-    task: str
+    task: str | None
     method: str = DEFAULT_METHOD
-
-
-def ensure_task_record(registry: RegistryStore, task: TaskSpec) -> TaskRecord:
-    """Register the task with its description embedding (once per registry)."""
-    existing = registry.get_task(task.name)
-    if existing is not None and existing.embedding is not None and existing.description == task.description:
-        return existing
-    vector = embed_texts([task.description])[0]
-    return registry.upsert_task(
-        TaskRecord(task.name, task.description, task.to_dict(), [float(x) for x in vector], embedder_id())
-    )
 
 
 def build_task_model(
@@ -96,74 +129,137 @@ def run_training(
     command: list[str],
     show_progress: bool,
     hyperparams: dict,
+    extra_lineage: list[tuple[str, str, float | None]] | None = None,
     auxiliary_weight: float = 0.0,
     finalize: Callable[[TaskModel], tuple[list[tuple[str, str, float | None]], dict]] | None = None,
+    name_is_base: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
 ) -> tuple[ExpertRecord, TrainResult]:
     """Run the loop inside a registry run and store the resulting expert (shared by train-source and transfer).
 
     `finalize` runs on the trained model before storing and returns its lineage edges and extra fields.
+    Under `torchrun` / `accelerate launch` every process trains its share, and only the main process writes
+    the registry (task, run, expert, artifact); the others return the record it stored.
+    `name_is_base`: `name` is transferkit's default, made unique when the expert is stored.
     """
+    state = process_state()
     train_split, dev_split, test_split = tokenize_splits(splits, backbone, training.max_length)
-    ensure_task_record(registry, task)
-    run = registry.start_run(
-        kind=kind,
-        command=command,
-        hyperparams=hyperparams,
-        seed=training.seed,
-        code_version=code_version(),
-        package_versions=package_versions(),
-        data_fingerprint=splits.to_dict(),
-    )
+    # Part of the settings --resume matches: the backbone's weights and the --name the user asked for.
+    hyperparams = {**hyperparams, "backbone_id": backbone.backbone_id, "requested_name": None if name_is_base else name}
+    data_fingerprint = splits.to_dict()
+    run = None
+    if state.is_main_process:
+        ensure_task_record(registry, task)
+        run = _resume_run(registry, kind, hyperparams, data_fingerprint, show_progress) if resume else None
+        if run is None:
+            run = registry.start_run(
+                kind=kind,
+                command=command,
+                hyperparams=hyperparams,
+                seed=training.seed,
+                code_version=code_version(),
+                package_versions=package_versions(),
+                data_fingerprint=data_fingerprint,
+            )
+    run_id = run.id if run is not None else None
+    if state.num_processes > 1:  # every process restores the same run's checkpoints; only the main one writes them
+        [run_id] = broadcast_object_list([run_id], from_process=0)
+    checkpointer = Checkpointer(registry.checkpoint_root / run_id, checkpoint_every, on_save=lambda: _heartbeat(registry, run_id))
     try:
         result = train(
             model, task, train_split, dev_split, test_split, training, backbone.tokenizer.pad_token_id, show_progress,
-            auxiliary_weight=auxiliary_weight,
+            auxiliary_weight=auxiliary_weight, checkpointer=checkpointer,
         )
-        lineage, extra = finalize(model) if finalize is not None else ([], {})
-        tensors = model.export_tensors()
-        metadata = {
-            "format": ARTIFACT_FORMAT,
-            "method": method_name,
-            "config": json.dumps(method_config, sort_keys=True),
-            "backbone_id": backbone.backbone_id,
-            "task": task.name,
-            "num_outputs": str(task.num_labels),
-        }
-        cost = {**result.cost, "best_step": result.best_step}
-        expert = registry.register_expert(
-            run_id=run.id,
-            name=name,
-            task_name=task.name,
-            method=method_name,
-            config=method_config,
-            backbone=backbone.fingerprint.to_dict(),
-            backbone_id=backbone.backbone_id,
-            trainable_params=sum(t.numel() for t in tensors.values()),
-            metrics={**result.metrics, "primary": splits.task.metrics[0], "eval_history": result.eval_history},
-            tensors=tensors,
-            tensor_metadata=metadata,
-            lineage=lineage,
-            extra={
-                "label_names": list(task.label_names) if task.label_names else None,
-                "loss_history": result.loss_history,
-                "steps": result.steps,
-                "best_step": result.best_step,
-                "task_prompt_length": model.task_prompt.length if model.task_prompt is not None else 0,
-                **extra,
-            },
-            cost=cost,
-        )
+        statistics = model.expert.training_statistics()  # on every process: it may sum counts across them
+        expert = None
+        if run is not None:
+            lineage, extra = finalize(model) if finalize is not None else ([], {})
+            if statistics:  # e.g. MEPT's per-expert load counts
+                extra = {**extra, "method_statistics": statistics}
+            tensors = model.export_tensors()
+            metadata = artifact_metadata(method_name, method_config, backbone.backbone_id, task.name, task.num_labels)
+            expert = registry.register_expert(
+                run_id=run.id,
+                name=name,
+                name_is_base=name_is_base,
+                task_name=task.name,
+                method=method_name,
+                config=method_config,
+                backbone=backbone.fingerprint.to_dict(),
+                backbone_id=backbone.backbone_id,
+                trainable_params=sum(t.numel() for t in tensors.values()),
+                metrics={**result.metrics, "primary": splits.task.metrics[0], "eval_history": result.eval_history},
+                tensors=tensors,
+                tensor_metadata=metadata,
+                lineage=[*lineage, *(extra_lineage or [])],
+                extra={
+                    "label_names": list(task.label_names) if task.label_names else None,
+                    "loss_history": result.loss_history,
+                    "steps": result.steps,
+                    "best_step": result.best_step,
+                    "task_prompt_length": model.task_prompt.length if model.task_prompt is not None else 0,
+                    **extra,
+                },
+                cost={**result.cost, "best_step": result.best_step},
+            )
+        if state.num_processes > 1:  # the others wait for the main process's expert and read it back
+            [expert_id] = broadcast_object_list([expert.id if expert is not None else None], from_process=0)
+            expert = expert or registry.get_expert(expert_id)
     except BaseException as error:  # KeyboardInterrupt too: the run must not stay "running"
-        registry.finish_run(run.id, status="failed", cost={}, error=f"{type(error).__name__}: {error}"[:500])
+        if run is not None:
+            registry.finish_run(run.id, status="failed", cost={}, error=f"{type(error).__name__}: {error}"[:500])
         raise
     finally:
         model.detach()  # the backbone may be shared with later jobs in this process
+    if state.is_main_process:
+        checkpointer.remove()  # the expert is stored: nothing left to resume
     return expert, result
 
 
+def artifact_metadata(method: str, config: dict, backbone_id: str, task_name: str, num_outputs: int) -> dict[str, str]:
+    """The safetensors metadata of a stored expert: enough to tell what the blob is without the database."""
+    return {
+        "format": ARTIFACT_FORMAT,
+        "method": method,
+        "config": json.dumps(config, sort_keys=True),
+        "backbone_id": backbone_id,
+        "task": task_name,
+        "num_outputs": str(num_outputs),
+    }
+
+
+def _resume_run(registry: RegistryStore, kind: str, hyperparams: dict, data_fingerprint: dict, show_progress: bool) -> RunRecord | None:
+    """Reopen the latest unfinished run with these exact settings, data and backbone; None if there is none."""
+    notice = Console(stderr=True, quiet=not show_progress)
+    wanted = _canonical(hyperparams)
+    for run in registry.list_runs(kind=kind, statuses=("running", "failed")):
+        if _canonical(run.hyperparams) == wanted and run.data_fingerprint.get("fingerprint") == data_fingerprint["fingerprint"]:
+            reopened = registry.reopen_run(run.id)  # refuses a run whose process may still be alive
+            checkpoints = list_checkpoints(registry.checkpoint_root / run.id)
+            where = f"from its checkpoint at step {checkpoints[-1].step}" if checkpoints else "from the start (it left no checkpoint)"
+            notice.print(f"resuming run {run.id} ({run.status} since {run.started_at:%Y-%m-%d %H:%M} UTC) {where}", highlight=False)
+            return reopened
+    notice.print("no unfinished run with these settings to resume; starting a new run", highlight=False)
+    return None
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _heartbeat(registry: RegistryStore, run_id: str) -> None:
+    """Refresh the run's heartbeat; a busy registry must not stop a training that is going well."""
+    try:
+        registry.heartbeat(run_id)
+    except RegistryError as error:
+        Console(stderr=True).print(f"warning: could not record a heartbeat for run {run_id} ({error})", markup=False, highlight=False)
+
+
 def train_source(registry: RegistryStore, job: SourceJob) -> ExpertRecord:
-    """Train one source expert for a catalog task and store it."""
-    task = resolve_task(job.task)
+    """Train one source expert for a catalog or custom task and store it."""
+    job.validate()
+    task = job_task(registry, job.task, job.task_file, job.data_dir)
     method = get_method(job.method)
     config = method.config_class.from_options(job.method_options)
     training = job.training
@@ -171,7 +267,7 @@ def train_source(registry: RegistryStore, job: SourceJob) -> ExpertRecord:
     training.validate()
     splits = load_splits(task, job.data_dir, seed=training.seed, max_train_examples=job.max_train_examples)
     backbone = load_backbone(job.model)
-    name = expert_name(registry, job.name, f"{task.short_name}-{method.name}")
+    name, name_is_base = job_expert_name(registry, job.name, f"{task.short_name}-{method.name}")
     torch.manual_seed(training.seed)
     model = build_task_model(task, method.name, config, backbone, training.precision, job.task_prompt_length)
     hyperparams = {
@@ -182,6 +278,7 @@ def train_source(registry: RegistryStore, job: SourceJob) -> ExpertRecord:
         "max_train_examples": job.max_train_examples,
         "task_prompt_length": job.task_prompt_length,
         **training.to_dict(),
+        "job": job.record(task=task.name, method=method.name),
     }
     expert, _ = run_training(
         registry,
@@ -197,8 +294,20 @@ def train_source(registry: RegistryStore, job: SourceJob) -> ExpertRecord:
         command=job.command,
         show_progress=job.show_progress,
         hyperparams=hyperparams,
+        extra_lineage=job.extra_lineage,
+        name_is_base=name_is_base,
+        resume=job.resume,
+        checkpoint_every=job.checkpoint_every,
     )
     return expert
+
+
+def job_expert_name(registry: RegistryStore, requested: str | None, default_base: str) -> tuple[str, bool]:
+    """(name, is_base): the user's `--name` if it is free (else a one-line error), or the default base,
+    which is made unique when the expert is stored (concurrent jobs would otherwise pick the same name)."""
+    if requested is None:
+        return default_base, True
+    return expert_name(registry, requested, default_base), False
 
 
 def expert_name(registry: RegistryStore, requested: str | None, default_base: str) -> str:
@@ -210,7 +319,7 @@ def expert_name(registry: RegistryStore, requested: str | None, default_base: st
     return requested
 
 
-def read_expert(registry: RegistryStore, expert: ExpertRecord, backbone: Backbone) -> dict[str, torch.Tensor]:
+def read_expert(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone) -> dict[str, torch.Tensor]:
     """The expert's verified tensors, after checking it belongs to `backbone`."""
     backbone.require_compatible(expert.backbone_id, f"expert {expert.name}")
     tensors, metadata = registry.load_expert_tensors(expert)
@@ -219,7 +328,7 @@ def read_expert(registry: RegistryStore, expert: ExpertRecord, backbone: Backbon
     return tensors
 
 
-def load_method_expert(registry: RegistryStore, expert: ExpertRecord, backbone: Backbone) -> tuple[ExpertModule, torch.Tensor | None]:
+def load_method_expert(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone) -> tuple[ExpertModule, torch.Tensor | None]:
     """A stored expert's method module (not attached) and its task-description prompt, if it has one."""
     tensors = read_expert(registry, expert, backbone)
     method = get_method(expert.method)
@@ -228,16 +337,24 @@ def load_method_expert(registry: RegistryStore, expert: ExpertRecord, backbone: 
     return module, tensors.get(TASK_PROMPT_PREFIX + "embedding")
 
 
-def load_expert_model(registry: RegistryStore, expert: ExpertRecord, backbone: Backbone) -> TaskModel:
+def load_expert_model(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone) -> TaskModel:
     """Rebuild a stored expert on `backbone` (verifies artifact digests and backbone bindings, sources included)."""
-    from transferkit.composition.transfer import MIXTURE_METHOD, build_stored_mixture
+    from transferkit.composition.merge import MERGED_METHOD, build_merged
+    from transferkit.composition.transfer import COMPOSED_METHODS, build_stored_composition
 
     tensors = read_expert(registry, expert, backbone)
+    if HEAD_PREFIX + "linear.bias" not in tensors:
+        raise InvalidInputError(
+            f"expert {expert.name} has no task head (it was imported without one), so it cannot predict by itself; "
+            "use it as a transfer source (--sources) or for spot initialisation"
+        )
     num_outputs = tensors[HEAD_PREFIX + "linear.bias"].shape[0]
     prompt_tensor = tensors.get(TASK_PROMPT_PREFIX + "embedding")
     prompt = TaskPrompt(prompt_tensor) if prompt_tensor is not None else None
-    if expert.method == MIXTURE_METHOD:
-        model = build_stored_mixture(registry, expert, backbone, num_outputs, prompt)
+    if expert.method in COMPOSED_METHODS:
+        model = build_stored_composition(registry, expert, backbone, num_outputs, prompt)
+    elif expert.method == MERGED_METHOD:
+        model = build_merged(expert.config, backbone, num_outputs, prompt)
     else:
         method = get_method(expert.method)
         config = method.config_class.from_dict(expert.config)

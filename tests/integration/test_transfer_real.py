@@ -123,3 +123,25 @@ def test_cli_transfer_bad_inputs(registry_url, sources, shared_data, tiny_model_
     for args, fragment in cases:
         assert_one_line_error(run_cli(*base, *args, cwd=tmp_path), fragment)
     assert run_cli("--registry", registry_url, "list", "--json", "--limit", "200", cwd=tmp_path).stdout == before
+
+
+def test_cli_attempt_composes_real_prompt_experts(shared_data, tmp_path):
+    """ATTEMPT through the CLI: two real prompt experts (MNLI, SST-2) are the sources for CB."""
+    registry = f"sqlite:///{tmp_path}/attempt.db"
+    common = ("--registry", registry, "--data-dir", str(shared_data))
+    budget = ("--max-steps", "6", "--batch-size", "16", "--max-length", "64", "--seed", "1", "--quiet")
+    for task in ("mnli", "sst2"):
+        trained = run_cli(*common, "train-source", task, "--method", "prompt", "-O", "num_virtual_tokens=6",
+                          "--max-train-examples", "96", *budget, cwd=tmp_path)
+        assert trained.returncode == 0, trained.stderr[-2000:]
+    result = run_cli(*common, "transfer", "--target", "cb", "--strategy", "attempt", *budget, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    details = json.loads(result.stdout)
+    expert = details["expert"]
+    assert expert["method"] == "attempt" and [r["task"] for r in expert["extra"]["ranking"]] == ["glue/mnli", "glue/sst2"]
+    attention = expert["extra"]["gate_weights"]
+    assert sum(attention["mean"].values()) + attention["target"] == pytest.approx(1.0, abs=1e-4)
+    assert {p["role"] for p in details["lineage"]["parents"]} == {"source"} and len(details["lineage"]["parents"]) == 2
+    assert set(expert["metrics"]["test"]) == {"accuracy", "macro_f1"}
+    shown = run_cli("--registry", registry, "inspect", expert["name"], cwd=tmp_path)
+    assert shown.returncode == 0 and "attention on the target prompt" in shown.stdout

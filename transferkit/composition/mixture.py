@@ -6,6 +6,12 @@ layer) and gives softmax weights over the J sources:
 
     g_l = softmax(mean_{p in prompt} h_l[p] . W_l / tau),   W_l zero-initialised (uniform start)
 
+With `gate_input="task"` the gate reads the task prompt itself instead,
+g_l = softmax(mean_p T[p] . W_l / tau): a task-level gate, the same for every
+input, so the trained mixture can be merged into one static expert
+(`transferkit merge`). PEMT's default reads the layer's prompt-position states,
+which in a bidirectional encoder also attend to the input.
+
 With route_top_k = k < J only the k largest weights per example are kept and
 renormalised, and only those experts are computed (gathered from stacked
 tensors), so the cost of a step does not grow with the number of sources.
@@ -35,11 +41,13 @@ from transferkit.errors import InvalidInputError
 from transferkit.methods import ExpertStack
 from transferkit.modeling import Composition
 
-_LAYER_PATTERN = re.compile(r"^(.*?\.(?:layer|layers|h|block|blocks))\.(\d+)(?:\.|$)")
+GATE_INPUTS = ("states", "task")
+_LAYER_PATTERN = re.compile(r"^((?:.*?\.)?(?:layer|layers|h|block|blocks))\.(\d+)(?:\.|$)")
 
 
 def layer_of(module_name: str) -> str:
-    """The transformer block a module belongs to, e.g. encoder.layer.3 for encoder.layer.3.attention.self.query."""
+    """The transformer block a module belongs to, e.g. encoder.layer.3 for encoder.layer.3.attention.self.query
+    (a bare decoder: layers.3 for layers.3.self_attn.q_proj)."""
     match = _LAYER_PATTERN.match(module_name)
     if not match:
         raise InvalidInputError(f"cannot tell which transformer layer module {module_name!r} belongs to")
@@ -55,10 +63,15 @@ class SourceMixture(Composition):
         route_top_k: int | None = None,
         learn_gate: bool = True,
         temperature: float = 1.0,
+        gate_input: str = "states",
     ) -> None:
         super().__init__()
         if route_top_k is not None and not 1 <= route_top_k <= num_sources:
             raise InvalidInputError(f"--route-top-k must be between 1 and the number of sources ({num_sources}), got {route_top_k}")
+        if gate_input not in GATE_INPUTS:
+            raise InvalidInputError(f"--gate-input must be one of {', '.join(GATE_INPUTS)}, got {gate_input!r}")
+        self.gate_input = gate_input
+        self._task_state: torch.Tensor | None = None
         self.stack = stack
         self.num_sources = num_sources
         self.top_k = route_top_k or num_sources
@@ -118,12 +131,25 @@ class SourceMixture(Composition):
         return hook
 
     # --- routing -------------------------------------------------------------
+    def observe_task_prompt(self, prompt: torch.Tensor) -> None:
+        self._task_state = prompt.float().mean(dim=0)
+
+    @property
+    def input_independent(self) -> bool:
+        """Whether the routed weights are the same for every input (uniform, or a task-level gate)."""
+        return not self.learn_gate or self.gate_input == "task"
+
     def gate_probabilities(self, layer: str, hidden: torch.Tensor) -> torch.Tensor:
         """(B, J) softmax weights over all sources for this layer."""
         batch = hidden.shape[0]
         if not self.learn_gate:
             return hidden.new_full((batch, self.num_sources), 1.0 / self.num_sources, dtype=torch.float32)
-        task_state = hidden[:, : self.prompt_length].float().mean(dim=1)
+        if self.gate_input == "task":
+            if self._task_state is None:
+                raise InvalidInputError("a task-level gate needs the task prompt; run the mixture inside a TaskModel with one")
+            task_state = self._task_state.unsqueeze(0).expand(batch, -1)
+        else:
+            task_state = hidden[:, : self.prompt_length].float().mean(dim=1)
         logits = task_state @ self.gates[layer.replace(".", "/")] / self.temperature
         return torch.softmax(logits, dim=-1)
 

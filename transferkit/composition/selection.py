@@ -1,21 +1,28 @@
 """Choosing source experts for a target task.
 
 Without `--sources`, candidates are the registry's experts on the same backbone
-whose method can be mixed (LoRA, adapter), excluding experts of the target task
-itself and experts made by `transfer`. One expert per source task is kept (the best on its
-own dev metric), ranked by the cosine similarity between the target's and the
-source task's description embeddings. `--top-k` keeps the best k; without it all
+whose method the strategy can use (LoRA or adapter for the mixtures, prompts for
+ATTEMPT), excluding experts of the target task itself and experts made by
+`transfer`. Only the most common method among them is kept (prompts: also the
+most common prompt length, which ATTEMPT needs to match), then one expert per
+source task (the best on its own dev metric), ranked by the cosine similarity
+between the target's and the source task's description embeddings. `--top-k` keeps the best k; without it all
 are kept up to MAX_SOURCES, so a big registry cannot make one transfer
 arbitrarily expensive.
+
+Selection never reads every expert: one grouped count per (task, method), the registry's
+similarity search over the candidate tasks, then one query for the best expert of each kept task.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
+from transferkit.embedding import embedder_id
 from transferkit.errors import IncompatibleBackboneError, InvalidInputError, NotFoundError
 from transferkit.methods import METHODS
 from transferkit.registry import ExpertRecord, RegistryStore
@@ -33,13 +40,6 @@ class RankedSource:
                 "method": self.expert.method, "similarity": round(self.similarity, 6)}
 
 
-def _embedding(registry: RegistryStore, task_name: str) -> np.ndarray:
-    task = registry.get_task(task_name)
-    if task is None or task.embedding is None:
-        raise NotFoundError(f"task {task_name} has no description embedding in the registry; train an expert for it first")
-    return np.asarray(task.embedding, dtype=np.float32)
-
-
 def target_embedding(description: str) -> np.ndarray:
     """The target's description embedding, computed without writing anything (selection runs before validation ends)."""
     from transferkit.embedding import embed_texts
@@ -47,14 +47,16 @@ def target_embedding(description: str) -> np.ndarray:
     return embed_texts([description])[0]
 
 
-def _dev_score(expert: ExpertRecord) -> float:
-    primary = expert.metrics.get("primary")
-    value = expert.metrics.get("dev", {}).get(primary)
-    return float(value) if isinstance(value, (int, float)) else float("-inf")
-
-
 def rank_sources(registry: RegistryStore, target: np.ndarray, experts: list[ExpertRecord]) -> list[RankedSource]:
-    ranked = [RankedSource(e, float(np.dot(target, _embedding(registry, e.task_name)))) for e in experts]
+    """The given experts ranked by their task's similarity to the target (ties by expert name)."""
+    tasks = {e.task_name for e in experts}
+    similarity = {m.task_name: m.similarity for m in registry.nearest_tasks(target, embedder_id(), among=tasks)}
+    missing = sorted(tasks - similarity.keys())
+    if missing:
+        raise NotFoundError(
+            f"task {missing[0]} has no description embedding in the registry; train an expert for it first"
+        )
+    ranked = [RankedSource(e, similarity[e.task_name]) for e in experts]
     return sorted(ranked, key=lambda r: (-r.similarity, r.expert.name))
 
 
@@ -65,47 +67,79 @@ def select_sources(
     backbone_id: str,
     sources: list[str] | None,
     top_k: int | None,
+    methods: frozenset[str] | None = None,
 ) -> list[RankedSource]:
-    """Ranked sources for a transfer; explicit `sources` keep their given set but are ranked too."""
+    """Ranked sources for a transfer; explicit `sources` keep their given set but are ranked too.
+
+    `methods` are the expert methods the strategy can use (default: the composable ones).
+    """
+    methods = methods or composable_methods()
     if top_k is not None and top_k < 1:
         raise InvalidInputError(f"--top-k must be at least 1, got {top_k}")
-    if sources:
-        chosen = [registry.get_expert(reference) for reference in sources]
-        for expert in chosen:
-            if expert.backbone_id != backbone_id:
-                raise IncompatibleBackboneError(
-                    f"source {expert.name} was trained on backbone {expert.backbone_id}, not {backbone_id}; "
-                    "pass sources trained with the same --model"
-                )
-            method = METHODS.get(expert.method)
-            if method is None or not method.composable:
-                raise InvalidInputError(
-                    f"source {expert.name} is a {expert.method} expert, which cannot be mixed; use lora or adapter experts"
-                )
-        if len({e.id for e in chosen}) != len(chosen):
-            raise InvalidInputError("--sources names the same expert twice")
-    else:
-        chosen = _auto_candidates(registry, target_task, backbone_id)
-    ranked = rank_sources(registry, target, chosen)
-    return ranked[: min(top_k or MAX_SOURCES, MAX_SOURCES)]
+    limit = min(top_k or MAX_SOURCES, MAX_SOURCES)
+    if not sources:
+        return _auto_sources(registry, target_task, target, backbone_id, limit, methods)
+    chosen = [registry.get_expert(reference) for reference in sources]
+    for expert in chosen:
+        if expert.backbone_id != backbone_id:
+            raise IncompatibleBackboneError(
+                f"source {expert.name} was trained on backbone {expert.backbone_id}, not {backbone_id}; "
+                "pass sources trained with the same --model"
+            )
+        if expert.method not in methods:
+            raise InvalidInputError(
+                f"source {expert.name} is a {expert.method} expert, which this strategy cannot use; "
+                f"pass {_listed(methods)} experts"
+            )
+    if len({e.id for e in chosen}) != len(chosen):
+        raise InvalidInputError("--sources names the same expert twice")
+    return rank_sources(registry, target, chosen)[:limit]
 
 
-def _auto_candidates(registry: RegistryStore, target_task: str, backbone_id: str) -> list[ExpertRecord]:
-    composable = {name for name, method in METHODS.items() if method.composable}
+def composable_methods() -> frozenset[str]:
+    """Methods whose experts stack into the gated mixture."""
+    return frozenset(name for name, method in METHODS.items() if method.composable)
+
+
+def _listed(methods: frozenset[str]) -> str:
+    return " or ".join(sorted(methods))
+
+
+def _auto_sources(
+    registry: RegistryStore, target_task: str, target: np.ndarray, backbone_id: str, limit: int, methods: frozenset[str]
+) -> list[RankedSource]:
     # Experts made by `transfer` are not candidates: a grid's results would otherwise depend on the order it ran in.
-    experts = [
-        e for e in registry.list_experts(backbone_id=backbone_id)
-        if e.method in composable and e.task_name != target_task and "strategy" not in e.extra
+    groups = [
+        g for g in registry.count_experts_by_task_and_method(
+            backbone_id=backbone_id, methods=sorted(methods), exclude_run_kind="transfer"
+        )
+        if g.task_name != target_task
     ]
-    if not experts:
+    if not groups:
         raise NotFoundError(
-            f"the registry has no LoRA or adapter experts on backbone {backbone_id} for other tasks; "
+            f"the registry has no {_listed(methods)} experts on backbone {backbone_id} for other tasks; "
             "train some with `transferkit train-source` or pass --sources"
         )
-    # One method per mixture: the most common composable method among the candidates.
-    method = Counter(e.method for e in experts).most_common(1)[0][0]
-    best: dict[str, ExpertRecord] = {}
-    for expert in experts:
-        if expert.method == method and (expert.task_name not in best or _dev_score(expert) > _dev_score(best[expert.task_name])):
-            best[expert.task_name] = expert
-    return list(best.values())
+    # One method per mixture: the most common composable method among the candidates (ties: the newest expert's).
+    totals: dict[str, tuple[int, datetime]] = {}
+    for g in groups:
+        count, newest = totals.get(g.method, (0, g.newest))
+        totals[g.method] = (count + g.count, max(newest, g.newest))
+    method = max(totals, key=lambda m: totals[m])
+    tasks = {g.task_name for g in groups if g.method == method}
+    matches = registry.nearest_tasks(target, embedder_id(), among=tasks)
+    missing = sorted(tasks - {m.task_name for m in matches})
+    if missing:
+        raise NotFoundError(f"task {missing[0]} has no description embedding in the registry; train an expert for it first")
+    # Keep every task tied with the last kept one: the expert names decide between them below.
+    cutoff = matches[min(limit, len(matches)) - 1].similarity
+    kept = {m.task_name: m.similarity for m in matches if m.similarity >= cutoff}
+    # Per task, the candidate with the best dev metric (ties: the newest), all in one query.
+    best = registry.best_experts_per_task(
+        kept, 1, method=method, backbone_id=backbone_id, exclude_run_kind="transfer"
+    )
+    ranked = [RankedSource(best[task].best[0], similarity) for task, similarity in kept.items()]
+    # Prompts compose only at one length: keep the most common among the chosen experts.
+    length = Counter(r.expert.config.get("num_virtual_tokens") for r in ranked).most_common(1)[0][0]
+    ranked = [r for r in ranked if r.expert.config.get("num_virtual_tokens") == length]
+    return sorted(ranked, key=lambda r: (-r.similarity, r.expert.name))[:limit]

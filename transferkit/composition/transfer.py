@@ -9,28 +9,34 @@ Strategies (same data, budget, head and task prompt, so the registry can compare
 - `spot`: the single most similar source's expert, copied and trained further
   (SPoT's initialisation transfer). Lineage: that source, role "init".
 - `scratch`: the target expert alone, no sources.
+- `attempt`: ATTEMPT's per-example attention over frozen source *prompts* plus a new
+  target prompt (`transferkit.composition.attempt`). Lineage: each source, weight =
+  its mean attention on the dev set.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from transferkit.backbone import Backbone, load_backbone
+from transferkit.composition.attempt import ATTEMPT_METHOD, AttemptConfig, AttemptExpert
 from transferkit.composition.mixture import SourceMixture
-from transferkit.composition.selection import RankedSource, select_sources, target_embedding
+from transferkit.composition.selection import RankedSource, composable_methods, select_sources, target_embedding
 from transferkit.errors import InvalidInputError
 from transferkit.methods import METHODS, ExpertModule, get_method
 from transferkit.modeling import TaskModel
-from transferkit.registry import ExpertRecord, RegistryStore
+from transferkit.registry import ExpertReader, ExpertRecord, RegistryStore
 from transferkit.task_prompt import TaskPrompt, description_prompt
-from transferkit.tasks import TaskSpec, load_splits, resolve_task
+from transferkit.task_registry import job_task
+from transferkit.tasks import TaskSpec, load_splits
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
-from transferkit.workflows import JobOptions, expert_name, load_method_expert, run_training
+from transferkit.workflows import JobOptions, job_expert_name, load_method_expert, run_training
 
-STRATEGIES = ("pemt", "average", "spot", "scratch")
+STRATEGIES = ("pemt", "average", "spot", "scratch", "attempt")
 MIXTURE_METHOD = "mixture"
 DEFAULT_TARGET_METHOD = "adapter"
 
@@ -45,13 +51,18 @@ TRANSFER_PROMPT_LR = 2e-3
 class TransferJob(JobOptions):
     """A `transfer` job."""
 
-    target: str
+    target: str | None
     strategy: str = "pemt"
     sources: list[str] | None = None
     top_k: int | None = None
     route_top_k: int | None = None
     sparsity_weight: float = 0.1
-    method: str = DEFAULT_TARGET_METHOD
+    # pemt's gate reads the prompt-position states of each layer ("states", PEMT) or the task prompt alone
+    # ("task": the same weights for every input, so the trained mixture can be merged into one expert).
+    gate_input: str = "states"
+    # The target's own expert for pemt/average/scratch (default: adapter); for spot it restricts the sources
+    # to that method; attempt trains its own target prompt and takes none.
+    method: str | None = None
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(prompt_lr=TRANSFER_PROMPT_LR))
 
 
@@ -62,9 +73,10 @@ class TransferOutcome:
 
 
 def _validate(job: TransferJob) -> None:
+    job.validate()
     if job.strategy not in STRATEGIES:
         raise InvalidInputError(f"unknown strategy {job.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if job.sparsity_weight < 0:
+    if not (math.isfinite(job.sparsity_weight) and job.sparsity_weight >= 0):
         raise InvalidInputError(f"--sparsity-weight must be at least 0, got {job.sparsity_weight}")
     if job.strategy == "scratch" and job.sources:
         raise InvalidInputError("--strategy scratch uses no sources; drop --sources")
@@ -72,25 +84,89 @@ def _validate(job: TransferJob) -> None:
         raise InvalidInputError(f"--route-top-k must be at least 1, got {job.route_top_k}")
     if job.strategy == "pemt" and job.task_prompt_length < 1:
         raise InvalidInputError("pemt's gate reads the task prompt; --task-prompt-length must be at least 1")
+    if job.strategy == "attempt" and job.method is not None:
+        raise InvalidInputError(
+            "attempt trains its own target prompt; drop --method (tune it with -O attention_hidden=N or -O temperature=T)"
+        )
+    if job.gate_input != "states" and job.strategy != "pemt":
+        raise InvalidInputError("--gate-input applies to pemt's learned gate only; drop it for other strategies")
+    if job.strategy == "spot" and job.method_options:
+        raise InvalidInputError("spot continues training the source expert as configured; drop -O")
+
+
+def _source_methods(job: TransferJob) -> frozenset[str]:
+    """Which stored experts the strategy can take as sources."""
+    if job.strategy == "attempt":
+        return frozenset({"prompt"})
+    if job.strategy == "spot" and job.sources:
+        return frozenset(METHODS)  # any single stored expert can be the starting point
+    if job.strategy == "spot" and job.method is not None:
+        return frozenset({get_method(job.method).name})
+    return composable_methods()
 
 
 def build_mixture(
-    sources: list[ExpertModule], backbone: Backbone, route_top_k: int | None, learn_gate: bool
+    sources: list[ExpertModule], backbone: Backbone, route_top_k: int | None, learn_gate: bool, gate_input: str = "states"
 ) -> SourceMixture:
     kinds = {type(source) for source in sources}
     if len(kinds) != 1:
         raise InvalidInputError("sources mix different methods; pass --sources of one method (all lora or all adapter)")
     method = next(m for m in METHODS.values() if m.module_class in kinds)
-    return SourceMixture(method.stack(sources), len(sources), backbone.hidden_size, route_top_k, learn_gate)
+    return SourceMixture(
+        method.stack(sources), len(sources), backbone.hidden_size, route_top_k, learn_gate, gate_input=gate_input
+    )
 
 
-def build_stored_mixture(
-    registry: RegistryStore, expert: ExpertRecord, backbone: Backbone, num_outputs: int, prompt: TaskPrompt | None
+def build_attempt(sources: list[ExpertModule], config: AttemptConfig, backbone: Backbone) -> AttemptExpert:
+    prompts = []
+    for source in sources:
+        prompt = source.export_tensors().get("prompt")
+        if prompt is None:
+            raise InvalidInputError("attempt's sources must be prompt experts; pass --sources trained with --method prompt")
+        prompts.append(prompt)
+    return AttemptExpert(config, backbone, prompts)
+
+
+COMPOSED_METHODS = (MIXTURE_METHOD, ATTEMPT_METHOD)
+
+# A stored composition's config, per method: field -> accepted JSON types; optional fields were added later.
+_CONFIG_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    MIXTURE_METHOD: {
+        "strategy": (str,), "sources": (list,), "route_top_k": (int, type(None)), "learn_gate": (bool,),
+        "sparsity_weight": (int, float), "target_method": (str,), "target_config": (dict,),
+    },
+    ATTEMPT_METHOD: {"strategy": (str,), "sources": (list,), "target_config": (dict,)},
+}
+_OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {MIXTURE_METHOD: {"gate_input": (str,)}, ATTEMPT_METHOD: {}}
+_STRATEGIES_OF = {MIXTURE_METHOD: ("pemt", "average"), ATTEMPT_METHOD: ("attempt",)}
+
+
+def check_composition_config(method: str, config: dict, name: str) -> None:
+    """Refuse a stored composition config that could not be rebuilt (e.g. from an imported bundle)."""
+    required, optional = _CONFIG_FIELDS[method], _OPTIONAL_FIELDS[method]
+    if not set(required) <= set(config) <= set(required) | set(optional):
+        raise InvalidInputError(f"{method} expert {name} has config fields {sorted(config)}, expected {sorted(required)}")
+    for key, types in {**required, **optional}.items():
+        value = config.get(key)
+        if key in config and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            raise InvalidInputError(f"{method} expert {name}: config field {key} has the wrong type ({value!r})")
+    if config["strategy"] not in _STRATEGIES_OF[method]:
+        raise InvalidInputError(f"{method} expert {name}: strategy {config['strategy']!r} is not one of {_STRATEGIES_OF[method]}")
+    if not config["sources"] or not all(isinstance(source, str) for source in config["sources"]):
+        raise InvalidInputError(f"{method} expert {name}: config field sources must be a non-empty list of expert ids")
+
+
+def build_stored_composition(
+    registry: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_outputs: int, prompt: TaskPrompt | None
 ) -> TaskModel:
-    """Rebuild a stored pemt/average expert: its sources come from the registry (each verified)."""
+    """Rebuild a stored pemt/average/attempt expert: its sources come from the registry (each verified)."""
     config = expert.config
+    check_composition_config(expert.method, config, expert.name)
     sources = [load_method_expert(registry, registry.get_expert(source_id), backbone)[0] for source_id in config["sources"]]
-    mixture = build_mixture(sources, backbone, config["route_top_k"], config["learn_gate"])
+    if expert.method == ATTEMPT_METHOD:
+        attempt = build_attempt(sources, AttemptConfig.from_dict(config["target_config"]), backbone)
+        return TaskModel(backbone, attempt, num_outputs, task_prompt=prompt)
+    mixture = build_mixture(sources, backbone, config["route_top_k"], config["learn_gate"], config.get("gate_input", "states"))
     target_method = get_method(config["target_method"])
     target = target_method.build(target_method.config_class.from_dict(config["target_config"]), backbone)
     return TaskModel(backbone, target, num_outputs, task_prompt=prompt, composition=mixture)
@@ -105,9 +181,10 @@ def _target_prompt(task: TaskSpec, backbone: Backbone, length: int, source_promp
 def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     """Train a target expert with the chosen strategy and store it with lineage and cost."""
     _validate(job)
-    task = resolve_task(job.target)
-    target_method = get_method(job.method)
-    target_config = target_method.config_class.from_options(job.method_options)
+    task = job_task(registry, job.target, job.task_file, job.data_dir)
+    target_method = get_method(job.method or DEFAULT_TARGET_METHOD)
+    config_class = AttemptConfig if job.strategy == "attempt" else target_method.config_class
+    target_config = config_class.from_options(job.method_options)
     training = job.training
     training.validate()
     backbone = load_backbone(job.model)
@@ -115,12 +192,12 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     if job.strategy != "scratch":
         ranking = select_sources(
             registry, task.name, target_embedding(task.description), backbone.backbone_id, job.sources,
-            1 if job.strategy == "spot" and not job.sources else job.top_k,
+            1 if job.strategy == "spot" and not job.sources else job.top_k, _source_methods(job),
         )
         if job.strategy == "spot":
             ranking = ranking[:1]
     splits = load_splits(task, job.data_dir, seed=training.seed, max_train_examples=job.max_train_examples)
-    name = expert_name(registry, job.name, f"{task.short_name}-{job.strategy}")
+    name, name_is_base = job_expert_name(registry, job.name, f"{task.short_name}-{job.strategy}")
 
     torch.manual_seed(training.seed)
     loaded = [load_method_expert(registry, r.expert, backbone) for r in ranking]
@@ -134,11 +211,21 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         lr = job.lr if job.lr is not None else get_method(source.method).config_class.recommended_lr
         model = TaskModel(backbone, expert_module, task.num_labels, training.precision,
                           _target_prompt(task, backbone, job.task_prompt_length, []))
+    elif job.strategy == "attempt":
+        expert_module = build_attempt([m for m, _ in loaded], target_config, backbone)
+        # The description prompt is not correlated with the sources here: ATTEMPT's attention does the mixing.
+        model = TaskModel(backbone, expert_module, task.num_labels, training.precision,
+                          _target_prompt(task, backbone, job.task_prompt_length, []))
+        lr = job.lr if job.lr is not None else AttemptConfig.recommended_lr
+        method_name = ATTEMPT_METHOD
+        method_config = {"strategy": job.strategy, "sources": source_ids, "target_config": target_config.to_dict()}
     else:
         composition = None
         prompts: list[torch.Tensor] = []
         if job.strategy in ("pemt", "average"):
-            composition = build_mixture([m for m, _ in loaded], backbone, job.route_top_k, learn_gate=job.strategy == "pemt")
+            composition = build_mixture(
+                [m for m, _ in loaded], backbone, job.route_top_k, learn_gate=job.strategy == "pemt", gate_input=job.gate_input
+            )
             prompts = [p for _, p in loaded if p is not None]
         expert_module = target_method.build(target_config, backbone)
         model = TaskModel(backbone, expert_module, task.num_labels, training.precision,
@@ -153,6 +240,7 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
                 "sources": source_ids,
                 "route_top_k": job.route_top_k,
                 "learn_gate": job.strategy == "pemt",
+                "gate_input": job.gate_input,
                 "sparsity_weight": job.sparsity_weight,
                 "target_method": target_method.name,
                 "target_config": target_config.to_dict(),
@@ -171,6 +259,10 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         "max_train_examples": job.max_train_examples,
         "task_prompt_length": job.task_prompt_length,
         **training.to_dict(),
+        "job": job.record(
+            target=task.name, strategy=job.strategy, sources=source_ids, top_k=job.top_k, route_top_k=job.route_top_k,
+            sparsity_weight=job.sparsity_weight, method=_recorded_method(job, method_name), gate_input=job.gate_input,
+        ),
     }
 
     def finalize(trained: TaskModel) -> tuple[list[tuple[str, str, float | None]], dict]:
@@ -179,6 +271,14 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
             return [(source_ids[0], "init", ranking[0].similarity)], extra
         if not ranking:
             return [], extra
+        if job.strategy == "attempt":
+            attention = measure_attention(trained, task, splits.dev, backbone, training)
+            extra["gate_weights"] = {
+                "mean": {r.expert.name: w for r, w in zip(ranking, attention)},
+                "target": attention[-1],
+                "sources": [r.expert.name for r in ranking],
+            }
+            return [(sid, "source", w) for sid, w in zip(source_ids, attention)], extra
         gates = measure_gates(trained, task, splits.dev, backbone, training)
         mean = [sum(layer[j] for layer in gates.values()) / len(gates) for j in range(len(ranking))]
         extra["gate_weights"] = {
@@ -202,18 +302,44 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         command=job.command,
         show_progress=job.show_progress,
         hyperparams=hyperparams,
+        extra_lineage=job.extra_lineage,
         auxiliary_weight=job.sparsity_weight if job.strategy == "pemt" else 0.0,
         finalize=finalize,
+        name_is_base=name_is_base,
+        resume=job.resume,
+        checkpoint_every=job.checkpoint_every,
     )
     return TransferOutcome(expert, ranking)
 
 
+def _recorded_method(job: TransferJob, method_name: str) -> str | None:
+    """The --method that rebuilds this job: spot records the method of the source it continued."""
+    if job.strategy == "attempt":
+        return None
+    if job.strategy == "spot":
+        return method_name
+    return job.method or DEFAULT_TARGET_METHOD
+
+
+def _predict_dev(model: TaskModel, task: TaskSpec, dev_examples, backbone: Backbone, training: TrainingConfig) -> None:
+    split = tokenize_examples(dev_examples, backbone.tokenizer, training.max_length, regression=task.is_regression)
+    predict(model, split, training.eval_batch_size, backbone.tokenizer.pad_token_id, task)
+
+
 def measure_gates(model: TaskModel, task: TaskSpec, dev_examples, backbone: Backbone, training: TrainingConfig) -> dict[str, list[float]]:
     """Mean routed gate weight per source and layer over the dev set (eval mode, best parameters)."""
-    split = tokenize_examples(dev_examples, backbone.tokenizer, training.max_length, regression=task.is_regression)
     mixture = model.composition
     if not isinstance(mixture, SourceMixture):
         raise TypeError("measure_gates needs a model with a source mixture")
     mixture.start_recording()
-    predict(model, split, training.eval_batch_size, backbone.tokenizer.pad_token_id, task)
+    _predict_dev(model, task, dev_examples, backbone, training)
     return mixture.stop_recording()
+
+
+def measure_attention(model: TaskModel, task: TaskSpec, dev_examples, backbone: Backbone, training: TrainingConfig) -> list[float]:
+    """ATTEMPT's mean attention weight per source prompt, then the target prompt, over the dev set."""
+    if not isinstance(model.expert, AttemptExpert):
+        raise TypeError("measure_attention needs an ATTEMPT model")
+    model.expert.start_recording()
+    _predict_dev(model, task, dev_examples, backbone, training)
+    return model.expert.stop_recording()
