@@ -5,7 +5,7 @@ Usage: python bench/merged_inference.py [--sources 4] [--top-k 2] [--rounds 3] [
 Synthetic LoRA (or adapter) source experts with random weights on the real packaged MiniLM, a PEMT
 mixture with a task-level gate (`--gate-input task`, so its weights do not depend on the input) and a
 new target adapter, and the same model collapsed by `transferkit merge`'s code path into one static
-expert of the sources' method. Each model classifies the 277 real RTE dev examples (batch 64, max
+expert of the sources' method. Each model classifies the real RTE dev split (138 examples; batch 64, max
 length 128, no autograd); the configurations alternate `--rounds` times and the table shows the median
 eval examples/second. Baseline named here: a single source expert of the same method plus the same
 target adapter, which is what a user would run without composition. The merged model's logits are

@@ -2,14 +2,12 @@
 
 Each writer process trains real (tiny-model, real RTE data) experts through `train_source` with the
 default name, so all four race for the same names, and also registers experts directly in a tight
-loop. The registry URL is a parameter: SQLite here; set TRANSFERKIT_TEST_POSTGRES_URL to an empty
-PostgreSQL database to run the same test there.
+loop. It runs on SQLite and on a fresh database of the session's throwaway PostgreSQL server.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 from pathlib import Path
 
 import pytest
@@ -60,10 +58,7 @@ def registry_url(request, tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("TRANSFERKIT_CHECKPOINT_ROOT", str(tmp_path / "checkpoints"))
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/shared.db"
-    url = os.environ.get("TRANSFERKIT_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set TRANSFERKIT_TEST_POSTGRES_URL to an empty PostgreSQL database to run the writers there")
-    return url
+    return request.getfixturevalue("postgres_server").create_database()
 
 
 def test_four_processes_write_one_registry(registry_url, tiny_model_dir, shared_data, monkeypatch):

@@ -66,6 +66,16 @@ def test_gate_starts_uniform_and_sums_to_one(tiny_backbone):
         assert torch.allclose(probabilities.sum(-1), torch.ones(5)) and probabilities.std() > 0.01
 
 
+def each_delta(deltas) -> torch.Tensor:
+    """Materialise every chosen expert's change, (B, k, T, out), from the factored form."""
+    up = deltas.up if deltas.up.dim() == 4 else deltas.up.unsqueeze(0).expand(deltas.code.shape[0], -1, -1, -1)
+    each = torch.einsum("btkr,bkor->bkto", deltas.code, up)
+    if deltas.bias is not None:
+        bias = deltas.bias if deltas.bias.dim() == 3 else deltas.bias.unsqueeze(0)
+        each = each + bias[:, :, None, :]
+    return each
+
+
 @pytest.mark.parametrize("method,options", [("lora", ["r=2"]), ("adapter", ["reduction_factor=8"])])
 def test_stack_deltas_equal_each_experts_own_hook(tiny_backbone, method, options):
     experts = random_experts(tiny_backbone, method, 2, options) + random_experts(tiny_backbone, method, 1)
@@ -75,7 +85,7 @@ def test_stack_deltas_equal_each_experts_own_hook(tiny_backbone, method, options
     x = torch.randn(2, 5, modules[name].in_features)
     base = modules[name](x)
     index = torch.tensor([[0, 2], [1, 0]])
-    deltas = stack.deltas(name, x, base, index)
+    deltas = each_delta(stack.deltas(name, x, base, index))
     for b in range(2):
         for k in range(2):
             expert = experts[int(index[b, k])]
@@ -83,6 +93,30 @@ def test_stack_deltas_equal_each_experts_own_hook(tiny_backbone, method, options
             own = modules[name](x[b : b + 1])[0] - base[b]
             expert.detach()
             assert torch.allclose(deltas[b, k], own, atol=1e-5)
+    # Dense routing (no index) is the same computation without the gather.
+    dense = each_delta(stack.deltas(name, x, base, None))
+    gathered = each_delta(stack.deltas(name, x, base, torch.arange(3).expand(2, -1)))
+    assert torch.allclose(dense, gathered, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,options", [("lora", ["r=2"]), ("adapter", ["reduction_factor=8"])])
+@pytest.mark.parametrize("dense", [True, False])
+def test_factored_mix_and_disagreement_match_the_direct_formulas(tiny_backbone, method, options, dense):
+    experts = random_experts(tiny_backbone, method, 2, options) + random_experts(tiny_backbone, method, 2)
+    stack = get_method(method).stack(experts)
+    modules = dict(tiny_backbone.model.named_modules())
+    name = stack.module_names[-1]
+    x = torch.randn(3, 6, modules[name].in_features)
+    base = modules[name](x).detach()
+    index = None if dense else torch.tensor([[0, 3], [2, 1], [3, 0]])
+    weights = torch.softmax(torch.randn(3, 4 if dense else 2), dim=-1)
+    deltas = stack.deltas(name, x, base, index)
+    each = each_delta(deltas)
+    mixed = base + deltas.mix(weights)
+    assert torch.allclose(mixed, base + torch.einsum("bk,bkto->bto", weights, each), atol=1e-5)
+    direct = 1 - torch.nn.functional.cosine_similarity(mixed.unsqueeze(1), base.unsqueeze(1) + each, dim=-1).mean(-1)
+    assert torch.allclose(deltas.disagreement(mixed, base), direct, atol=1e-5)
+    assert direct.abs().max() > 1e-4  # the experts really disagree, so the comparison is not between zeros
 
 
 def test_top_k_keeps_exactly_k_experts_active(tiny_backbone):

@@ -15,6 +15,10 @@ which in a bidirectional encoder also attend to the input.
 With route_top_k = k < J only the k largest weights per example are kept and
 renormalised, and only those experts are computed (gathered from stacked
 tensors), so the cost of a step does not grow with the number of sources.
+Dense routing evaluates every expert in one einsum over the stacked weights.
+Either way the experts' changes stay factored (delta_j = U_j c_j + u_j, with c_j
+the LoRA rank or adapter bottleneck code), so memory grows with J x r per token,
+never with J x hidden size.
 Each adapted module outputs  y = base + sum_j g_j delta_j.
 
 Task sparsity loss (the form in PEMT's code, per example rather than with the
@@ -120,12 +124,11 @@ class SourceMixture(Composition):
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             weights, index = self._routing[layer]
-            deltas = self.stack.deltas(name, args[0], output, index)  # (B, k, T, out)
-            mixed = output + torch.einsum("bk,bkto->bto", weights.to(deltas.dtype), deltas).to(output.dtype)
+            dense = self.top_k >= self.num_sources  # every expert for every example: no gather
+            deltas = self.stack.deltas(name, args[0], output, None if dense else index)
+            mixed = output + deltas.mix(weights).to(output.dtype)
             if self.training and torch.is_grad_enabled():
-                own = output.unsqueeze(1) + deltas
-                agreement = nn.functional.cosine_similarity(mixed.unsqueeze(1).float(), own.float(), dim=-1).mean(-1)
-                self._auxiliary.append((weights * (1.0 - agreement)).sum(-1).mean())
+                self._auxiliary.append((weights * deltas.disagreement(mixed, output)).sum(-1).mean())
             return mixed
 
         return hook

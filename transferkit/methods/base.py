@@ -191,6 +191,67 @@ def find_modules(model: nn.Module, suffixes: list[str], exclude: str | None = No
     return found
 
 
+@dataclass(frozen=True)
+class StackedDeltas:
+    """The chosen experts' additive changes to one module's output, kept factored:
+
+        delta_k = up_k @ code_k + bias_k      code (B, T, k, r), up (B, k, out, r), bias (B, k, out) or None
+
+    (with `up`/`bias` lacking the batch dimension when every example uses every expert). Nothing
+    of size B x k x T x out is ever built, so a dense mixture of many experts costs memory
+    proportional to k x r, not k x out, per token.
+    """
+
+    code: torch.Tensor
+    up: torch.Tensor
+    bias: torch.Tensor | None
+
+    def _up(self, code: torch.Tensor) -> torch.Tensor:
+        """sum_k up_k @ code_k: (B, T, out)."""
+        return torch.einsum("btkr,kor->bto" if self.up.dim() == 3 else "btkr,bkor->bto", code, self.up.to(code.dtype))
+
+    def _transpose_up(self, vector: torch.Tensor) -> torch.Tensor:
+        """up_k^T @ vector per token: (B, T, k, r)."""
+        return torch.einsum("bto,kor->btkr" if self.up.dim() == 3 else "bto,bkor->btkr", vector, self.up.to(vector.dtype))
+
+    def _bias(self, weights: torch.Tensor) -> torch.Tensor:
+        """sum_k w_k bias_k: (B, 1, out)."""
+        equation = "bk,ko->bo" if self.bias.dim() == 2 else "bk,bko->bo"
+        return torch.einsum(equation, weights, self.bias.to(weights.dtype)).unsqueeze(1)
+
+    def mix(self, weights: torch.Tensor) -> torch.Tensor:
+        """sum_k weights[b, k] delta_k: (B, T, out)."""
+        weights = weights.to(self.code.dtype)
+        mixed = self._up(self.code * weights[:, None, :, None])
+        return mixed if self.bias is None else mixed + self._bias(weights)
+
+    def disagreement(self, mixed: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """1 - cos(mixed, base + delta_k) per example and expert, averaged over tokens: (B, k), in float32.
+
+        Expanded through the factors, e.g. |base + delta_k|^2 = |base|^2 + 2 base.delta_k + |delta_k|^2
+        with base.delta_k = (up_k^T base).code_k + base.bias_k, so no per-expert output is built.
+        """
+        code, up = self.code.float(), self.up.float()
+        mixed, base = mixed.float(), base.float()
+        factored = StackedDeltas(code, up, None if self.bias is None else self.bias.float())
+        mixed_dot = (factored._transpose_up(mixed) * code).sum(-1)  # (B, T, k)
+        base_dot = (factored._transpose_up(base) * code).sum(-1)
+        gram = torch.einsum("kor,kos->krs" if up.dim() == 3 else "bkor,bkos->bkrs", up, up)
+        own_norm = torch.einsum("btkr,krs,btks->btk" if up.dim() == 3 else "btkr,bkrs,btks->btk", code, gram, code)
+        if factored.bias is not None:
+            bias = factored.bias if factored.bias.dim() == 3 else factored.bias.unsqueeze(0)  # (B|1, k, out)
+            mixed_dot = mixed_dot + torch.einsum("bto,bko->btk", mixed, bias.expand(mixed.shape[0], -1, -1))
+            base_dot = base_dot + torch.einsum("bto,bko->btk", base, bias.expand(base.shape[0], -1, -1))
+            up_bias = torch.einsum("kor,ko->kr" if up.dim() == 3 else "bkor,bko->bkr", up, factored.bias)
+            up_bias = up_bias if up_bias.dim() == 3 else up_bias.unsqueeze(0)
+            own_norm = own_norm + 2 * (code * up_bias[:, None]).sum(-1) + (bias**2).sum(-1)[:, None]
+        base_norm = (base**2).sum(-1, keepdim=True)  # (B, T, 1)
+        together = (mixed * base).sum(-1, keepdim=True) + mixed_dot  # mixed . (base + delta_k)
+        own = (base_norm + 2 * base_dot + own_norm).clamp_min(0).sqrt().clamp_min(1e-8)
+        cosine = together / (mixed.norm(dim=-1, keepdim=True).clamp_min(1e-8) * own)
+        return (1.0 - cosine).mean(dim=1)
+
+
 class ExpertStack(nn.Module, abc.ABC):
     """Several frozen experts of one method stacked into tensors, so a mixture evaluates the
     experts chosen for each example in one batched operation instead of a Python loop."""
@@ -198,11 +259,11 @@ class ExpertStack(nn.Module, abc.ABC):
     module_names: list[str]
 
     @abc.abstractmethod
-    def deltas(self, module_name: str, inputs: torch.Tensor, output: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Each chosen expert's additive change to `module_name`'s output.
+    def deltas(self, module_name: str, inputs: torch.Tensor, output: torch.Tensor, index: torch.Tensor | None) -> StackedDeltas:
+        """The chosen experts' changes to `module_name`'s output, factored.
 
         inputs: (B, T, in) module input; output: (B, T, out) frozen module output;
-        index: (B, k) expert indices per example. Returns (B, k, T, out).
+        index: (B, k) expert indices per example, or None for every expert (dense routing).
         """
 
     @abc.abstractmethod

@@ -8,7 +8,7 @@ from transferkit.backbone import Backbone
 from transferkit.errors import InvalidInputError
 from transferkit.methods.adapter.config import AdapterConfig
 from transferkit.methods.adapter.model import _ACTIVATIONS, AdapterExpert
-from transferkit.methods.base import ExpertStack
+from transferkit.methods.base import ExpertStack, StackedDeltas
 
 
 class AdapterStack(ExpertStack):
@@ -44,12 +44,15 @@ class AdapterStack(ExpertStack):
                 self.register_buffer(f"{label}{slot}", tensor)
             self._slots[name] = slot
 
-    def deltas(self, module_name: str, inputs: torch.Tensor, output: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def deltas(self, module_name: str, inputs: torch.Tensor, output: torch.Tensor, index: torch.Tensor | None) -> StackedDeltas:
         slot = self._slots[module_name]
-        tensor = lambda label: getattr(self, f"{label}{slot}")[index].to(output.dtype)  # noqa: E731
+        down_w, down_b, up_w, up_b = (getattr(self, f"{label}{slot}") for label in ("dw", "db", "uw", "ub"))
         # Padded units have zero weight and bias; activation(0) is 0 for relu/tanh/gelu, so they add nothing.
-        hidden = self.activation(torch.einsum("bto,bkho->bkth", output, tensor("dw")) + tensor("db")[:, :, None, :])
-        return torch.einsum("bkth,bkoh->bkto", hidden, tensor("uw")) + tensor("ub")[:, :, None, :]
+        if index is None:
+            hidden = torch.einsum("bto,kho->btkh", output, down_w.to(output.dtype)) + down_b.to(output.dtype)
+            return StackedDeltas(self.activation(hidden), up_w, up_b)
+        hidden = torch.einsum("bto,bkho->btkh", output, down_w[index].to(output.dtype)) + down_b[index].to(output.dtype)[:, None]
+        return StackedDeltas(self.activation(hidden), up_w[index], up_b[index])
 
     def merge(self, weights: dict[str, torch.Tensor], backbone: Backbone) -> AdapterExpert:
         """One bottleneck per module, the used sources side by side: D = [D_j; ...], U = [w_j U_j, ...], u = sum_j w_j u_j."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from transferkit.backbone import Backbone
-from transferkit.methods.base import ExpertStack
+from transferkit.methods.base import ExpertStack, StackedDeltas
 from transferkit.methods.lora.config import LoraConfig
 from transferkit.methods.lora.model import LoraExpert
 
@@ -38,12 +38,12 @@ class LoraStack(ExpertStack):
             self.register_buffer(f"b{slot}", b)
             self._slots[name] = slot
 
-    def deltas(self, module_name: str, inputs: torch.Tensor, output: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def deltas(self, module_name: str, inputs: torch.Tensor, output: torch.Tensor, index: torch.Tensor | None) -> StackedDeltas:
         slot = self._slots[module_name]
-        a = getattr(self, f"a{slot}")[index].to(inputs.dtype)  # (B, k, r, in)
-        b = getattr(self, f"b{slot}")[index].to(inputs.dtype)  # (B, k, out, r)
-        hidden = torch.einsum("bti,bkri->bktr", inputs, a)
-        return torch.einsum("bktr,bkor->bkto", hidden, b)
+        a, b = getattr(self, f"a{slot}"), getattr(self, f"b{slot}")  # (J, r, in), (J, out, r)
+        if index is None:
+            return StackedDeltas(torch.einsum("bti,kri->btkr", inputs, a.to(inputs.dtype)), b, None)
+        return StackedDeltas(torch.einsum("bti,bkri->btkr", inputs, a[index].to(inputs.dtype)), b[index], None)
 
     def merge(self, weights: dict[str, torch.Tensor], backbone: Backbone) -> LoraExpert:
         """A = [A_j; ...] and B = [w_j s_j B_j, ...] over the used sources: rank = used sources x r_max, scaling 1."""
