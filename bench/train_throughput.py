@@ -6,8 +6,9 @@ Usage: python bench/train_throughput.py [--methods prompt,prefix,lora] [--steps 
 
 Per method, in this one process and alternating, `--rounds` times:
 - transferkit: `train_source` with its defaults (a fresh registry) at each of `--precisions`
-  (fp32, the default, and `--precision bf16`: bf16 autocast for the frozen backbone), the training
-  loop's own timing of optimiser steps (evaluation excluded);
+  (fp32, the default, and `--precision bf16`: the frozen backbone's weights in bf16 under bf16
+  autocast, trainable parameters fp32), the training loop's own timing of optimiser steps
+  (evaluation excluded);
 - the baseline named "PEFT dynamic": `AutoModelForSequenceClassification` + `get_peft_model`
   (prompt tuning 20 tokens / prefix tuning 10 / LoRA r 8 on query,value), fp32 weights, shuffled
   batches padded per batch by `DataCollatorWithPadding` (PEFT's strongest plain setup), AdamW with
@@ -105,9 +106,9 @@ def transferkit_run(method: str, registry, splits, data_dir: Path, steps: int, p
         training=TrainingConfig(max_steps=steps, eval_every=steps, seed=seed, precision=precision),
     ))
     run = registry.get_run(expert.run_id)
-    backbone = load_backbone(None)
+    backbone = load_backbone(None, precision=precision)
     model = load_expert_model(registry, expert, backbone)
-    model.precision = run.hyperparams["precision"]
+    model.precision = precision
     dev = tokenize_examples(splits.dev, backbone.tokenizer, MAX_LENGTH, regression=False)
     start = time.perf_counter()
     predict(model, dev, 64, backbone.tokenizer.pad_token_id, splits.task)

@@ -63,7 +63,7 @@ PromptLrOption = Annotated[float, typer.Option(help="Learning rate of the task-d
 MaxLengthOption = Annotated[int, typer.Option(help="Truncate inputs to this many tokens.")]
 SeedOption = Annotated[int, typer.Option(help="Seed for splits, initialisation and batch order.")]
 EvalEveryOption = Annotated[Optional[int], typer.Option(help="Evaluate on dev every N steps (default: 4 times per run).")]
-PrecisionOption = Annotated[str, typer.Option(help="fp32, or bf16 autocast for the frozen backbone.")]
+PrecisionOption = Annotated[str, typer.Option(help="fp32, or bf16: frozen backbone weights held in bf16 and run under autocast (trainable parts stay fp32).")]
 MaxTrainOption = Annotated[Optional[int], typer.Option(help="Seeded subsample of the training split.")]
 TaskFileOption = Annotated[
     Optional[Path],

@@ -212,17 +212,20 @@ def _snapshot_folder(reference: str, revision: str | None) -> tuple[str, str | N
     return folder, Path(folder).name
 
 
-def load_backbone(model: str | None = None, revision: str | None = None) -> Backbone:
+def load_backbone(model: str | None = None, revision: str | None = None, precision: str = "fp32") -> Backbone:
     """Load a frozen HF encoder or decoder and its tokenizer from a local path, a .gguf file or a Hub id.
 
-    Loaded backbones are cached per process: they are frozen, and experts attach
+    With `precision="bf16"` the frozen weights are held in bf16 (the fingerprint, taken from the
+    files, is the same): under autocast an fp32 weight would be re-cast on every forward, because
+    autocast caches casts only of weights that require gradients.
+    Loaded backbones are cached per process and precision: they are frozen, and experts attach
     to them only through removable hooks, so jobs in one process can share one.
     """
-    return _load_backbone(resolve_model_reference(model), revision)
+    return _load_backbone(resolve_model_reference(model), revision, precision)
 
 
-@lru_cache(maxsize=2)
-def _load_backbone(reference: str, revision: str | None) -> Backbone:
+@lru_cache(maxsize=4)
+def _load_backbone(reference: str, revision: str | None, precision: str = "fp32") -> Backbone:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -253,5 +256,7 @@ def _load_backbone(reference: str, revision: str | None) -> Backbone:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     weight_files = (Path(reference),) if gguf else None
     fingerprint = fingerprint_model(encoder, _display_name(reference), folder, resolved_revision, weight_files)
+    if precision == "bf16":
+        encoder.to(torch.bfloat16)
     return Backbone(encoder, tokenizer, fingerprint)
 

@@ -115,7 +115,9 @@ class TaskModel(nn.Module):
         self.task_prompt = task_prompt
         self.composition = composition
         self.head = TaskHead(backbone.hidden_size, num_outputs)
-        self.precision: Precision = precision
+        # Weights held in bf16 (load_backbone(..., precision="bf16")) only run under bf16 autocast.
+        bf16_weights = next(backbone.model.parameters()).dtype == torch.bfloat16
+        self.precision: Precision = "bf16" if bf16_weights else precision
         self.attach()
 
     def attach(self) -> None:

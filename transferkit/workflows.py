@@ -266,7 +266,7 @@ def train_source(registry: RegistryStore, job: SourceJob) -> ExpertRecord:
     training.lr = job.lr if job.lr is not None else config.recommended_lr
     training.validate()
     splits = load_splits(task, job.data_dir, seed=training.seed, max_train_examples=job.max_train_examples)
-    backbone = load_backbone(job.model)
+    backbone = load_backbone(job.model, precision=training.precision)
     name, name_is_base = job_expert_name(registry, job.name, f"{task.short_name}-{method.name}")
     torch.manual_seed(training.seed)
     model = build_task_model(task, method.name, config, backbone, training.precision, job.task_prompt_length)

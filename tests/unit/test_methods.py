@@ -125,3 +125,27 @@ def test_option_parsing_types():
 def test_unknown_method_suggests():
     with pytest.raises(NotFoundError, match="did you mean lora"):
         get_method("lorra")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_on_a_backbone_held_in_bf16(tiny_model_dir, name):
+    from transferkit.backbone import _load_backbone, load_backbone
+
+    _load_backbone.cache_clear()
+    backbone = load_backbone(str(tiny_model_dir), precision="bf16")
+    assert next(backbone.model.parameters()).dtype == torch.bfloat16
+    assert next(load_backbone(str(tiny_model_dir)).model.parameters()).dtype == torch.float32  # its own cache entry
+    assert load_backbone(str(tiny_model_dir)).backbone_id == backbone.backbone_id  # same weights, same identity
+    method = get_method(name)
+    model = TaskModel(backbone, method.build(method.config_class(), backbone), 2)  # fp32 asked: bf16 weights need autocast
+    try:
+        assert model.precision == "bf16"
+        assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # trainable stays fp32
+        input_ids = torch.randint(5, 90, (3, 7))
+        logits = model(input_ids, torch.ones_like(input_ids))
+        torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1, 1])).backward()
+        grads = [p.grad for p in model.expert.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() and g.dtype == torch.float32 for g in grads)
+    finally:
+        model.detach()
+        _load_backbone.cache_clear()

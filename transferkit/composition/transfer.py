@@ -187,7 +187,7 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     target_config = config_class.from_options(job.method_options)
     training = job.training
     training.validate()
-    backbone = load_backbone(job.model)
+    backbone = load_backbone(job.model, precision=training.precision)
     ranking: list[RankedSource] = []
     if job.strategy != "scratch":
         ranking = select_sources(
