@@ -25,6 +25,7 @@ import numpy as np
 from transferkit.accounting import aggregate, expert_costs
 from transferkit.composition.transfer import STRATEGIES
 from transferkit.errors import OutputError
+from transferkit.methods import METHODS
 from transferkit.registry.entities import ExpertRecord, TaskRecord
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ PAGE_SIZE = 500
 DPI = 100
 EMA_ALPHA = 0.1
 COST_TABLE_ROWS = 30
-CELL_NAME = re.compile(rf"^(?P<grid>.+)-(?P<target>[^-]+)-(?P<strategy>{'|'.join(STRATEGIES)})-s(?P<seed>\d+)$")
+# A compare cell is one transfer strategy (`compare`) or one source method (`compare --methods`).
+ARMS = (*STRATEGIES, *sorted(METHODS))
+CELL_NAME = re.compile(rf"^(?P<grid>.+)-(?P<target>[^-]+)-(?P<strategy>{'|'.join(ARMS)})-s(?P<seed>\d+)$")
 
 
 @dataclass
@@ -173,7 +176,7 @@ def gates_section(experts: list[ExpertRecord], out_dir: Path, written: list[Path
 
 
 def grid_cells(registry: RegistryStore, experts: list[ExpertRecord]) -> dict[str, dict[tuple[str, str], list[ExpertRecord]]]:
-    """Grid name -> (target task, strategy) -> experts, for experts named and commanded as `compare` makes them."""
+    """Grid name -> (target task, strategy or method) -> experts, for experts named and commanded as `compare` makes them."""
     grids: dict[str, dict[tuple[str, str], list[ExpertRecord]]] = defaultdict(lambda: defaultdict(list))
     for expert in experts:
         match = CELL_NAME.match(expert.name)
@@ -191,7 +194,7 @@ def compare_section(registry: RegistryStore, experts: list[ExpertRecord], out_di
     tables = []
     for grid_name, cells in sorted(grid_cells(registry, experts).items()):
         rows = []
-        for (target, strategy), group in sorted(cells.items(), key=lambda item: (item[0][0], STRATEGIES.index(item[0][1]))):
+        for (target, strategy), group in sorted(cells.items(), key=lambda item: (item[0][0], ARMS.index(item[0][1]))):
             scores = [s for e in group if (s := _primary_test(e)) is not None]
             if not scores:
                 continue
@@ -212,7 +215,7 @@ def compare_section(registry: RegistryStore, experts: list[ExpertRecord], out_di
             for r in rows
         )
         tables.append(
-            f"<h3>grid {html.escape(grid_name)}</h3><table><tr><th>target</th><th>metric</th><th>strategy</th>"
+            f"<h3>grid {html.escape(grid_name)}</h3><table><tr><th>target</th><th>metric</th><th>strategy / method</th>"
             f"<th>score ×100</th><th>seeds</th><th>mean wall s</th></tr>{body}</table>"
         )
     section.table_html = "".join(tables)
@@ -223,7 +226,7 @@ def compare_section(registry: RegistryStore, experts: list[ExpertRecord], out_di
 
 def _grouped_bars(grid_name: str, rows: list[dict]) -> Any:
     targets = list(dict.fromkeys(r["target"] for r in rows))
-    strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in rows)]
+    strategies = [s for s in ARMS if any(r["strategy"] == s for r in rows)]
     width = 0.8 / len(strategies)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(targets) + 2), 4.5))
     for k, strategy in enumerate(strategies):

@@ -18,6 +18,7 @@ from transferkit.report import build_report
 SOURCES = {"glue/mnli": [1.0, 0.2, 0.0], "glue/sst2": [0.1, 1.0, 0.3]}
 TARGETS = {"glue/rte": [0.9, 0.3, 0.1], "superglue/cb": [0.2, 0.4, 1.0]}
 SCORES = {("glue/rte", "pemt"): [0.61, 0.58, 0.66], ("glue/rte", "scratch"): [0.52, 0.55, 0.50], ("superglue/cb", "pemt"): [0.71, 0.75, 0.69]}
+METHOD_SCORES = {"prompt": [0.53, 0.55, 0.54], "lora": [0.58, 0.60, 0.62]}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -59,6 +60,12 @@ def filled(tmp_path) -> str:
                          "eval_history": [{"step": s, "dev": {"accuracy": score * s / 30}, "train_loss": 1 / s} for s in (10, 20, 30)]},
                 extra=extra, lineage=[(s.id, "source", 0.5) for s in sources] if strategy != "scratch" else (),
             )
+    # A `compare --methods` grid: one cell per (task, source method, seed).
+    for method, scores in METHOD_SCORES.items():
+        for seed, score in enumerate(scores, start=1):
+            cell = f"mx-rte-{method}-s{seed}"
+            add_expert(registry, cell, "glue/rte", ["transferkit", "compare", "--grid=mx", f"cell={cell}"],
+                       metrics={"primary": "accuracy", "dev": {"accuracy": score}, "test": {"accuracy": score}})
     # Named like a cell but made by `transfer`: must not be counted in the grid.
     add_expert(registry, "gx-rte-pemt-s9", "glue/rte", ["transferkit", "transfer", "glue/rte"], extra={"strategy": "pemt"})
     registry.close()
@@ -95,6 +102,9 @@ def test_report_figures_and_compare_numbers(filled, tmp_path):
         assert row in page, row
     rows = {(r["target"], r["strategy"]): r for r in next(s for s in result.sections if s.key == "compare").data["gx"]}
     assert set(rows) == set(SCORES) and rows[("glue/rte", "pemt")]["seeds"] == 3
+    method_rows = {r["strategy"]: r for r in next(s for s in result.sections if s.key == "compare").data["mx"]}
+    assert set(method_rows) == set(METHOD_SCORES) and "compare-mx.png" in referenced
+    assert method_rows["lora"]["mean"] == pytest.approx(0.60) and method_rows["prompt"]["seeds"] == 3
 
     similarity = next(s for s in result.sections if s.key == "similarity").data
     assert similarity["rows"] == sorted(TARGETS) and similarity["columns"] == sorted(SOURCES)
@@ -118,7 +128,7 @@ def test_cli_report_json_and_bad_out(filled, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["index"] == str(out_dir / "index.html")
-    assert all(Path(f).is_file() for f in summary["files"]) and len(summary["files"]) == 8
+    assert all(Path(f).is_file() for f in summary["files"]) and len(summary["files"]) == 9  # page + 8 figures
 
     existing = tmp_path / "a-file"
     existing.write_text("x")
