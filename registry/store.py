@@ -68,7 +68,6 @@ from transferkit.registry.entities import (
 from transferkit.registry.liveness import abandonment, current_process
 from transferkit.registry.migrate import upgrade_to_head
 from transferkit.registry.rows import COST_COLUMNS, CounterRow, ExpertRow, LineageEdgeRow, RunRow, TaskRow
-from transferkit.registry.search import TaskSearchIndex, default_search_index
 
 if TYPE_CHECKING:  # torch is imported lazily: `transferkit list` should not pay for it
     import torch
@@ -336,6 +335,8 @@ class SqlAlchemyStore(RegistryStore):
     def search_index(self) -> TaskSearchIndex:
         """pgvector inside PostgreSQL when the extension can be used, else numpy over a local cache (chosen on first use)."""
         if self._search_index is None:
+            from transferkit.registry.search import default_search_index  # numpy: only when searching
+
             self._search_index = default_search_index(self.engine)
         return self._search_index
 

@@ -1,4 +1,4 @@
-"""The read-only commands start without torch or transformers (they cost seconds to import), nor Alembic
+"""The read-only commands start without torch or transformers (seconds to import), numpy, or Alembic
 when the registry is already at the current schema."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from transferkit.registry import TaskRecord, open_registry
 
-HEAVY = ("torch", "transformers", "alembic")
+HEAVY = ("torch", "transformers", "alembic", "numpy")
 PROBE = """
 import json, sys
 sys.argv = ["transferkit", *json.loads(sys.argv[1])]
