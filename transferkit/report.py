@@ -159,7 +159,7 @@ def gates_section(experts: list[ExpertRecord], out_dir: Path, written: list[Path
         heat.set_xticks(range(len(sources)), sources, rotation=30, ha="right")
         heat.set_yticks(range(len(layers)), [layer.split(".")[-1] for layer in layers])
         heat.set_ylabel("layer")
-        heat.set_title(f"per-layer gates, {_short(target)} ({len(group)} seeds)")
+        heat.set_title(f"per-layer gates, {_short(target)} ({len(group)} {'seed' if len(group) == 1 else 'seeds'})")
         fig.colorbar(image, ax=heat)
         bars.bar(range(len(sources)), gate_mean, yerr=gate_std, capsize=4, color="tab:blue")
         bars.set_xticks(range(len(sources)), sources, rotation=30, ha="right")
@@ -283,8 +283,8 @@ def curves_section(experts: list[ExpertRecord], out_dir: Path, written: list[Pat
     for expert in experts:
         if expert.extra.get("strategy"):
             panels[expert.task_name][expert.extra["strategy"]].append(expert)
-        else:  # source experts: one line each, on one shared panel
-            panels["source experts"][expert.name].append(expert)
+        else:  # source experts: one line per task and method (mean over seeds), on one shared panel
+            panels["source experts"][f"{_short(expert.task_name)} {expert.method}"].append(expert)
     names = sorted(p for p in panels if p != "source experts") + (["source experts"] if "source experts" in panels else [])
     section.data = {}
     for kind, curve_of, ylabel in (("loss", _loss_curve, "train loss (EMA)"), ("dev", _dev_curve, "dev primary metric")):
@@ -307,7 +307,7 @@ def curves_section(experts: list[ExpertRecord], out_dir: Path, written: list[Pat
             ax.set_title(_short(panel) if panel != "source experts" or kind == "loss" else panel)
             ax.set_xlabel("step")
             ax.set_ylabel(ylabel if kind == "loss" or panel == "source experts" else f"dev {metric}")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6 if len(found) > 8 else 7, ncol=2 if len(found) > 8 else 1)
         for ax in list(axes.flat)[len(lines):]:
             ax.set_visible(False)
         fig.suptitle("training loss (EMA)" if kind == "loss" else "dev primary metric", fontweight="bold")

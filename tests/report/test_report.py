@@ -105,6 +105,9 @@ def test_report_figures_and_compare_numbers(filled, tmp_path):
     method_rows = {r["strategy"]: r for r in next(s for s in result.sections if s.key == "compare").data["mx"]}
     assert set(method_rows) == set(METHOD_SCORES) and "compare-mx.png" in referenced
     assert method_rows["lora"]["mean"] == pytest.approx(0.60) and method_rows["prompt"]["seeds"] == 3
+    # Source-expert curves: one line per task and method (seeds averaged), not one per expert.
+    curves = next(s for s in result.sections if s.key == "curves").data["loss"]["source experts"]
+    assert set(curves) == {"mnli lora", "sst2 lora", "rte lora"}
 
     similarity = next(s for s in result.sections if s.key == "similarity").data
     assert similarity["rows"] == sorted(TARGETS) and similarity["columns"] == sorted(SOURCES)
