@@ -144,17 +144,25 @@ def run_method_grid(
                 ))
 
 
+def _stored_cells(registry: RegistryStore, grid: Grid | MethodGrid, task: str, arm: str) -> tuple[list[ExpertRecord], str, list[float]] | None:
+    """The stored cells of one (task, strategy or method) over the grid's seeds: experts, primary metric, test scores."""
+    experts = [e for seed in grid.seeds if (e := _stored(registry, grid.cell_name(task, arm, seed)))]
+    if not experts:
+        return None
+    primary = experts[0].metrics["primary"]
+    return experts, primary, [e.metrics["test"][primary] for e in experts]
+
+
 def collect_methods(registry: RegistryStore, grid: MethodGrid) -> list[dict]:
     """One row per (task, method): test metric mean and std over seeds, parameters, throughput, peak memory."""
     grid.validate(registry)
     rows = []
     for task in grid.tasks:
         for method in grid.methods:
-            experts = [e for seed in grid.seeds if (e := _stored(registry, grid.cell_name(task, method, seed)))]
-            if not experts:
+            cells = _stored_cells(registry, grid, task, method)
+            if cells is None:
                 continue
-            primary = experts[0].metrics["primary"]
-            scores = [e.metrics["test"][primary] for e in experts]
+            experts, primary, scores = cells
             costs = [registry.get_run(e.run_id).cost for e in experts]
             rates = [c["train_examples_per_second"] for c in costs if c.get("train_examples_per_second")]
             peaks = [c["peak_memory_bytes"] for c in costs if c.get("peak_memory_bytes")]
@@ -181,11 +189,10 @@ def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
     rows = []
     for target in grid.targets:
         for strategy in grid.strategies:
-            experts = [e for seed in grid.seeds if (e := _stored(registry, grid.cell_name(target, strategy, seed)))]
-            if not experts:
+            cells = _stored_cells(registry, grid, target, strategy)
+            if cells is None:
                 continue
-            primary = experts[0].metrics["primary"]
-            scores = [e.metrics["test"][primary] for e in experts]
+            experts, primary, scores = cells
             walls = [registry.get_run(e.run_id).cost.get("wall_seconds") or 0.0 for e in experts]
             gates: dict[str, list[float]] = {}
             for expert in experts:
