@@ -48,6 +48,7 @@ from sqlalchemy import (
     make_url,
     nulls_last,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -80,6 +81,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # After the busy timeout, a write transaction that could not get the lock is retried for this long.
 WRITE_RETRY_SECONDS = 60.0
 _NAME_RACE_ATTEMPTS = 5
+# Advisory-lock key space (any int4 unique to this use) for choosing default expert names on PostgreSQL.
+_NAME_LOCK_SPACE = 0x746B_6E6D  # "tknm"
 # A running run silent for longer than this (no heartbeat) counts as abandoned when its process cannot be checked.
 DEFAULT_MAX_SILENCE = timedelta(hours=24)
 MIN_ID_PREFIX = 4
@@ -557,6 +560,7 @@ class SqlAlchemyStore(RegistryStore):
                     f"task {row.task_name!r} is not in the registry; register it (upsert_task) before its experts"
                 )
             if name_is_base:
+                _take_turns_naming(session, row.name)
                 row.name = _free_name(session, row.name)
             elif session.scalar(select(ExpertRow.id).where(ExpertRow.name == row.name)) is not None:
                 raise _name_taken(row.name)
@@ -1004,6 +1008,16 @@ def _close_run(row: RunRow, status: str, cost_values: dict[str, Any], error: str
     row.status, row.ended_at, row.error = status, _now(), error
     for key, value in cost_values.items():
         setattr(row, key, value)
+
+
+def _take_turns_naming(session: Session, base: str) -> None:
+    """PostgreSQL: writers choosing a free name from one base wait for each other until commit.
+
+    Without it, two transactions see the same free name and one fails on the unique constraint (the
+    blob write inside the transaction makes that window wide). SQLite's write lock already serialises them.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:base))"), {"space": _NAME_LOCK_SPACE, "base": base})
 
 
 def _free_name(session: Session, base: str) -> str:
