@@ -233,17 +233,15 @@ class StackedDeltas:
         """
         code, up = self.code.float(), self.up.float()
         mixed, base = mixed.float(), base.float()
-        factored = StackedDeltas(code, up, None if self.bias is None else self.bias.float())
-        mixed_dot = (factored._transpose_up(mixed) * code).sum(-1)  # (B, T, k)
-        base_dot = (factored._transpose_up(base) * code).sum(-1)
+        mixed_dot = (self._transpose_up(mixed) * code).sum(-1)  # (B, T, k)
+        base_dot = (self._transpose_up(base) * code).sum(-1)
         gram = torch.einsum("kor,kos->krs" if up.dim() == 3 else "bkor,bkos->bkrs", up, up)
         own_norm = torch.einsum("btkr,krs,btks->btk" if up.dim() == 3 else "btkr,bkrs,btks->btk", code, gram, code)
-        if factored.bias is not None:
-            bias = factored.bias if factored.bias.dim() == 3 else factored.bias.unsqueeze(0)  # (B|1, k, out)
+        if self.bias is not None:
+            bias = self.bias.float() if self.bias.dim() == 3 else self.bias.float().unsqueeze(0)  # (B|1, k, out)
             mixed_dot = mixed_dot + torch.einsum("bto,bko->btk", mixed, bias.expand(mixed.shape[0], -1, -1))
             base_dot = base_dot + torch.einsum("bto,bko->btk", base, bias.expand(base.shape[0], -1, -1))
-            up_bias = torch.einsum("kor,ko->kr" if up.dim() == 3 else "bkor,bko->bkr", up, factored.bias)
-            up_bias = up_bias if up_bias.dim() == 3 else up_bias.unsqueeze(0)
+            up_bias = torch.einsum("bkor,bko->bkr", up if up.dim() == 4 else up.unsqueeze(0), bias)  # (B|1, k, r)
             own_norm = own_norm + 2 * (code * up_bias[:, None]).sum(-1) + (bias**2).sum(-1)[:, None]
         base_norm = (base**2).sum(-1, keepdim=True)  # (B, T, 1)
         together = (mixed * base).sum(-1, keepdim=True) + mixed_dot  # mixed . (base + delta_k)
