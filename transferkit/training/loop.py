@@ -52,6 +52,7 @@ from transferkit.modeling import TaskModel
 from transferkit.tasks import TaskSpec, compute_metrics, primary_metric
 from transferkit.training.checkpoint import Checkpointer, LoopState
 from transferkit.training.cost import CostMeter, merge_costs
+from transferkit.training.schedule import Schedule, evaluations_since_best, improved, plan_schedule
 from transferkit.training.data import (
     TokenizedSplit,
     collate,
@@ -59,16 +60,14 @@ from transferkit.training.data import (
     sequential_batches,
 )
 
-# Dev evaluations per run when --eval-every is not given. All official metrics are higher-is-better.
-_EVAL_POINTS = 4
-
-
 @dataclass
 class TrainingConfig:
     """Hyper-parameters of one training run (recorded on the run row)."""
 
+    # Neither max_steps nor epochs: the adaptive schedule (transferkit.training.schedule) picks the length.
     max_steps: int | None = None
-    epochs: float = 1.0
+    epochs: float | None = None
+    patience: int | None = None  # dev evaluations without improvement before stopping (None: the schedule's default)
     batch_size: int = 32
     lr: float = 1e-3
     head_lr: float = 1e-2
@@ -86,7 +85,8 @@ class TrainingConfig:
         rates = (self.lr, self.head_lr, self.prompt_lr)
         require([
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
-            (math.isfinite(self.epochs) and self.epochs > 0, f"--epochs must be a positive number, got {self.epochs}"),
+            (self.epochs is None or (math.isfinite(self.epochs) and self.epochs > 0), f"--epochs must be a positive number, got {self.epochs}"),
+            (self.patience is None or self.patience >= 0, f"--patience must be at least 0 (0: no early stopping), got {self.patience}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (all(math.isfinite(r) and r > 0 for r in rates), f"learning rates must be positive numbers, got {rates}"),
             (8 <= self.max_length <= 4096, f"--max-length must be between 8 and 4096, got {self.max_length}"),
@@ -112,6 +112,9 @@ class TrainResult:
     loss_history: list[tuple[int, float]]
     eval_history: list[dict] = field(default_factory=list)
     cost: dict = field(default_factory=dict)
+    schedule: dict = field(default_factory=dict)  # the Schedule the run followed
+    stop_reason: str = ""
+    test_predictions: list = field(default_factory=list)  # per test example, in split order (for intervals)
 
 
 def stderr_progress(enabled: bool) -> Progress:
@@ -152,14 +155,14 @@ def process_state() -> PartialState:
 
 
 @torch.no_grad()
-def predict(
-    model: TaskModel, split: TokenizedSplit, batch_size: int, pad_id: int, task: TaskSpec,
+def predict_outputs(
+    model: TaskModel, split: TokenizedSplit, batch_size: int, pad_id: int,
     progress: Progress | None = None, label: str = "eval", rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Predictions in the split's original order (argmax, or the scalar for regression), for `rows` only if given."""
+    """The model's raw outputs (N, num_outputs) in the split's original order (for `rows` only if given; others 0)."""
     was_training = model.training
     model.eval()
-    outputs = np.zeros(len(split), dtype=np.float32 if task.is_regression else np.int64)
+    outputs: np.ndarray | None = None
     rows = np.arange(len(split)) if rows is None else rows
     batches = [rows[b].tolist() for b in sequential_batches(split.lengths()[rows], batch_size)]
     bar = progress.add_task(label, total=len(batches), info=f"{len(rows)} examples") if progress is not None else None
@@ -168,29 +171,56 @@ def predict(
             progress.advance(bar)
         batch = collate(split, indices, pad_id)
         batch.pop("labels")
-        logits = model(**{k: v.to(model.device) for k, v in batch.items()})
-        values = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-        outputs[indices] = values.float().cpu().numpy() if task.is_regression else values.cpu().numpy()
+        logits = model(**{k: v.to(model.device) for k, v in batch.items()}).float().cpu().numpy()
+        if outputs is None:
+            outputs = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
+        outputs[indices] = logits
     if bar is not None:
         progress.remove_task(bar)
     model.train(was_training)
-    return outputs
+    return outputs if outputs is not None else np.zeros((len(split), 0), dtype=np.float32)
+
+
+def decide(outputs: np.ndarray, task: TaskSpec) -> np.ndarray:
+    """Predictions from raw outputs: the class with the largest logit, or the scalar for regression."""
+    return outputs[:, 0].astype(np.float32) if task.is_regression else outputs.argmax(-1).astype(np.int64)
+
+
+def predict(
+    model: TaskModel, split: TokenizedSplit, batch_size: int, pad_id: int, task: TaskSpec,
+    progress: Progress | None = None, label: str = "eval", rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predictions in the split's original order (argmax, or the scalar for regression), for `rows` only if given."""
+    return decide(predict_outputs(model, split, batch_size, pad_id, progress, label, rows), task)
+
+
+@dataclass
+class Evaluation:
+    """Metrics on one split, the mean task loss, and every example's prediction (for intervals later)."""
+
+    metrics: dict[str, float]
+    loss: float
+    predictions: np.ndarray
 
 
 def evaluate(
     model: TaskModel, split: TokenizedSplit, task: TaskSpec, batch_size: int, pad_id: int,
     progress: Progress | None = None, label: str = "eval", accelerator: Accelerator | None = None,
-) -> dict[str, float]:
-    """Metrics on a split; with several processes each predicts every n-th example and all gather the predictions."""
+) -> Evaluation:
+    """Metrics on a split; with several processes each predicts every n-th example and all gather the outputs."""
     if accelerator is None or accelerator.num_processes == 1:
-        predictions = predict(model, split, batch_size, pad_id, task, progress, label)
+        outputs = predict_outputs(model, split, batch_size, pad_id, progress, label)
     else:
         mine = np.arange(accelerator.process_index, len(split), accelerator.num_processes)
-        local = predict(model, split, batch_size, pad_id, task, progress, label, rows=mine)
-        predictions = np.zeros_like(local)
+        local = predict_outputs(model, split, batch_size, pad_id, progress, label, rows=mine)
+        outputs = np.zeros_like(local)
         for rows, values in gather_object([(mine, local[mine])]):
-            predictions[rows] = values
-    return compute_metrics(task, predictions.tolist(), split.labels.tolist(), split.groups)
+            outputs[rows] = values
+    predictions = decide(outputs, task)
+    with torch.no_grad():
+        loss = float(loss_function(task)(torch.from_numpy(outputs), torch.from_numpy(split.labels))) if len(split) else 0.0
+    metrics = compute_metrics(task, predictions.tolist(), split.labels.tolist(), split.groups)
+    return Evaluation(metrics, round(loss, 6), predictions)
 
 
 def _trainable_snapshot(model: TaskModel) -> dict[str, torch.Tensor]:
@@ -235,20 +265,21 @@ def train(
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     world, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(config.seed + rank)  # dropout masks differ across processes, as across the examples of one batch
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
-    # Never evaluate more often than once per dev-set's worth of training examples: on short runs evaluation would dominate.
-    eval_every = config.eval_every or max(math.ceil(total_steps / _EVAL_POINTS), math.ceil(len(dev_split) / config.batch_size))
+    schedule = plan_schedule(
+        len(train_split), len(dev_split), config.batch_size, max_steps=config.max_steps, epochs=config.epochs,
+        eval_every=config.eval_every, patience=config.patience,
+    )
+    total_steps, eval_every = schedule.max_steps, schedule.eval_every
 
     optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=config.weight_decay)
     warmup = int(total_steps * config.warmup_ratio)
 
-    def schedule(step: int) -> float:
+    def lr_factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     # The scheduler stays unprepared: accelerate would step it once per process, but processes share one global batch.
     model, optimizer = accelerator.prepare(model, optimizer)
     task_model: TaskModel = accelerator.unwrap_model(model)  # attributes, evaluation and snapshots bypass DDP
@@ -310,26 +341,50 @@ def train(
                 rate = meter.examples / max(1e-9, meter.train_seconds)
                 progress.update(bar, advance=1, info=f"loss {state.running_loss:.4f}  {rate:.1f} ex/s")
                 if state.step % eval_every == 0 or state.step == total_steps:
-                    dev_metrics = evaluate(task_model, dev_split, task, config.eval_batch_size, pad_id, progress, "eval dev", accelerator)
-                    state.eval_history.append({"step": state.step, "dev": dev_metrics, "train_loss": round(state.running_loss, 5)})
-                    if state.best_state is None or dev_metrics[primary] > state.best_score:
-                        state.best_score, state.best_step, state.best_dev = dev_metrics[primary], state.step, dev_metrics
+                    dev = evaluate(task_model, dev_split, task, config.eval_batch_size, pad_id, progress, "eval dev", accelerator)
+                    state.eval_history.append(
+                        {"step": state.step, "dev": dev.metrics, "dev_loss": dev.loss, "train_loss": round(state.running_loss, 5)}
+                    )
+                    if state.best_state is None or improved(dev.metrics[primary], dev.loss, state.best_score, _best_loss(state)):
+                        state.best_score, state.best_step, state.best_dev = dev.metrics[primary], state.step, dev.metrics
                         state.best_state = _trainable_snapshot(task_model)
                     if show_progress:
                         progress.console.print(
-                            f"step {state.step}: dev {primary} {dev_metrics[primary]:.4f} (best {state.best_score:.4f} @ {state.best_step})"
+                            f"step {state.step}: dev {primary} {dev.metrics[primary]:.4f} (best {state.best_score:.4f} @ {state.best_step})"
                         )
-                if state.step >= total_steps:
+                if _patience_exhausted(state, schedule) or state.step >= total_steps:
                     break
                 # One writer: in a multi-process run every process holds the same parameters and position.
                 if checkpointer is not None and checkpointer.due(state.step) and accelerator.is_main_process:
                     checkpointer.save(state, task_model, optimizer, scheduler, meter, identity)
             else:
                 state.epoch, state.batches_done = state.epoch + 1, 0
+            if _patience_exhausted(state, schedule):
+                break
         task_model.load_state_dict(state.best_state)
-        test_metrics = evaluate(task_model, test_split, task, config.eval_batch_size, pad_id, progress, "eval test", accelerator)
-    metrics = {"dev": state.best_dev, "test": test_metrics}
+        test = evaluate(task_model, test_split, task, config.eval_batch_size, pad_id, progress, "eval test", accelerator)
+    metrics = {"dev": state.best_dev, "test": test.metrics}
     cost = meter.finish()  # covers training and every evaluation
     if accelerator.num_processes > 1:  # every process measured its own device(s); the registry gets the sum
         cost = merge_costs(gather_object([cost]))
-    return TrainResult(metrics, state.best_step, state.step, state.loss_history, state.eval_history, cost)
+    return TrainResult(
+        metrics, state.best_step, state.step, state.loss_history, state.eval_history, cost,
+        schedule=schedule.to_dict(), stop_reason=_stop_reason(state, schedule, primary), test_predictions=test.predictions.tolist(),
+    )
+
+
+def _best_loss(state: LoopState) -> float | None:
+    return next((entry.get("dev_loss") for entry in state.eval_history if entry["step"] == state.best_step), None)
+
+
+def _patience_exhausted(state: LoopState, schedule: Schedule) -> bool:
+    return schedule.patience is not None and evaluations_since_best(state.eval_history, state.best_step) >= schedule.patience
+
+
+def _stop_reason(state: LoopState, schedule: Schedule, primary: str) -> str:
+    if _patience_exhausted(state, schedule):
+        return (
+            f"early stop at step {state.step} of {schedule.max_steps}: dev {primary} did not improve for "
+            f"{schedule.patience} evaluations; kept step {state.best_step}"
+        )
+    return f"completed all {schedule.max_steps} steps; kept step {state.best_step}"
