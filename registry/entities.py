@@ -23,13 +23,14 @@ class _Record:
 
 @dataclass(frozen=True)
 class TaskRecord(_Record):
-    """A task known to the registry, with the description embedding used to find related experts."""
+    """A task known to the registry, with the description and data embeddings used to find related experts."""
 
     name: str
     description: str
     spec: dict
     embedding: list[float] | None
     embedder_id: str | None
+    data_embedding: list[float] | None = None  # mean embedding of a sample of its training inputs (same embedder)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,8 @@ class TaskRow(Base):
     embedding: Mapped[list[float] | None] = mapped_column(Float32Vector)
     embedder_id: Mapped[str | None] = mapped_column(String(200))
     revision: Mapped[int] = mapped_column(BigInteger, index=True, server_default="0")
+    # Mean embedding of a sample of the task's training inputs, by the same embedder (migration 0004).
+    data_embedding: Mapped[list[float] | None] = mapped_column(Float32Vector)
 
 
 class CounterRow(Base):

@@ -1,12 +1,16 @@
-"""Task-description embeddings: the packaged MiniLM, mean-pooled and L2-normalised.
+"""Task embeddings: the packaged MiniLM, mean-pooled and L2-normalised.
 
-The embedder is fixed (independent of the training backbone) so that task
-similarities in one registry are always comparable.
+Two per task: its one-sentence description, and its data (the normalised mean of the
+embeddings of a seeded sample of `DATA_SAMPLE_SIZE` training inputs, the texts of a
+pair joined by a space). The embedder is fixed (independent of the training backbone)
+so that task similarities in one registry are always comparable.
 """
 
 from __future__ import annotations
 
+import random
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,3 +36,18 @@ def embed_texts(texts: list[str]) -> np.ndarray:
     hidden = backbone.model(**encoded).last_hidden_state
     pooled = mean_pool(hidden, encoded["attention_mask"])
     return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
+DATA_SAMPLE_SIZE = 256
+_BATCH = 64
+
+
+def embed_task_data(examples: Sequence, task_name: str) -> np.ndarray:
+    """Unit-length mean embedding of a seeded sample of the examples' inputs (`transferkit.tasks.Example`s)."""
+    chosen = list(examples)
+    if len(chosen) > DATA_SAMPLE_SIZE:
+        chosen = random.Random(f"transferkit:{task_name}:data-embedding").sample(chosen, DATA_SAMPLE_SIZE)
+    texts = [" ".join(example.texts) for example in chosen] or [""]
+    vectors = np.concatenate([embed_texts(texts[i : i + _BATCH]) for i in range(0, len(texts), _BATCH)])
+    mean = vectors.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)

@@ -10,32 +10,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from transferkit.errors import InvalidInputError, RegistryError
 from transferkit.registry import RegistryStore, TaskRecord
-from transferkit.tasks import TaskSpec, resolve_task
+from transferkit.tasks import Example, TaskSpec, resolve_task
 from transferkit.tasks.catalog import normalize_name
 from transferkit.tasks.custom import CustomTask, read_task_file
 
 
-def task_record(task: TaskSpec) -> TaskRecord:
-    """The registry row of a task, with its description embedding."""
-    from transferkit.embedding import embed_texts, embedder_id  # loads torch: not needed to list or resolve tasks
+def task_record(task: TaskSpec, examples: Sequence[Example] | None = None) -> TaskRecord:
+    """The registry row of a task, with its description embedding and, given training examples, its data embedding."""
+    from transferkit.embedding import embed_task_data, embed_texts, embedder_id  # loads torch: not needed to list tasks
 
     vector = embed_texts([task.description])[0]
-    return TaskRecord(task.name, task.description, task.to_dict(), [float(x) for x in vector], embedder_id())
+    data = [float(x) for x in embed_task_data(examples, task.name)] if examples else None
+    return TaskRecord(task.name, task.description, task.to_dict(), [float(x) for x in vector], embedder_id(), data)
 
 
-def ensure_task_record(registry: RegistryStore, task: TaskSpec) -> TaskRecord:
-    """Register the task with its description embedding (again if the description or the embedder changed)."""
+def ensure_task_record(registry: RegistryStore, task: TaskSpec, examples: Sequence[Example] | None = None) -> TaskRecord:
+    """Register the task with its embeddings (again if the description or the embedder changed, or the data
+    embedding is missing and `examples` can supply it)."""
     from transferkit.embedding import embedder_id
 
     existing = registry.get_task(task.name)
-    if existing is not None and existing.embedding is not None and (existing.description, existing.embedder_id) == (
-        task.description, embedder_id()
+    if (
+        existing is not None and existing.embedding is not None
+        and (existing.description, existing.embedder_id) == (task.description, embedder_id())
+        and (existing.data_embedding is not None or not examples)
     ):
         return existing
-    return registry.upsert_task(task_record(task))
+    return registry.upsert_task(task_record(task, examples))
 
 
 def registered_tasks(registry: RegistryStore) -> list[CustomTask]:

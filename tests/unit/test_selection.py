@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import transferkit.composition.selection as selection
-from transferkit.composition.selection import MAX_SOURCES, select_sources
+from transferkit.composition.selection import MAX_SOURCES, TaskQuery, select_sources
 from transferkit.errors import NotFoundError
 from transferkit.registry import TaskRecord, open_registry
 
 EMBEDDER = "unit-embedder"
 TARGET = "glue/rte"
+QUERY = TaskQuery(np.array([1.0, 0, 0]))  # a description embedding only: ranks by description
 
 
 @pytest.fixture
@@ -49,32 +50,49 @@ def test_one_best_expert_per_task_ranked_by_similarity(registry, monkeypatch):
     add(registry, "cola-foreign", "glue/cola", backbone="other")  # another backbone
     add(registry, "cola-prompt", "glue/cola", method="prompt")  # cannot be mixed
     monkeypatch.setattr(registry, "list_experts", lambda **kw: pytest.fail("selection listed experts"))
-    ranked = select_sources(registry, TARGET, np.array([1.0, 0, 0]), "bb", None, None)
+    ranked = select_sources(registry, TARGET, QUERY, "bb", None, None)
     assert [r.expert.name for r in ranked] == ["mnli-best", "qnli", "qqp", "sst2"]
     assert [r.similarity for r in ranked] == pytest.approx([0.9 / np.hypot(0.9, 0.1), 0.5**0.5, 0.5**0.5, 0.0], abs=1e-6)
-    assert [r.expert.name for r in select_sources(registry, TARGET, np.array([1.0, 0, 0]), "bb", None, 2)] == ["mnli-best", "qnli"]
+    assert [r.expert.name for r in select_sources(registry, TARGET, QUERY, "bb", None, 2)] == ["mnli-best", "qnli"]
 
 
 def test_most_common_method_wins(registry):
     add(registry, "mnli-lora", "glue/mnli")
     add(registry, "qnli-adapter", "glue/qnli", method="adapter")
     add(registry, "sst2-adapter", "glue/sst2", method="adapter")
-    ranked = select_sources(registry, TARGET, np.array([1.0, 0, 0]), "bb", None, None)
+    ranked = select_sources(registry, TARGET, QUERY, "bb", None, None)
     assert [r.expert.name for r in ranked] == ["qnli-adapter", "sst2-adapter"]
 
 
 def test_explicit_sources_are_ranked_and_capped(registry):
     experts = [add(registry, f"cola-{i:02d}", "glue/cola") for i in range(MAX_SOURCES)]
     experts.append(add(registry, "mnli", "glue/mnli"))
-    ranked = select_sources(registry, TARGET, np.array([1.0, 0, 0]), "bb", [e.id for e in experts], None)
+    ranked = select_sources(registry, TARGET, QUERY, "bb", [e.id for e in experts], None)
     assert len(ranked) == MAX_SOURCES and ranked[0].expert.name == "mnli"
     assert [r.expert.name for r in ranked[1:]] == [f"cola-{i:02d}" for i in range(MAX_SOURCES - 1)]
 
 
 def test_missing_candidates_and_embeddings_are_reported(registry):
     with pytest.raises(NotFoundError, match="no adapter or lora experts"):
-        select_sources(registry, TARGET, np.array([1.0, 0, 0]), "bb", None, None)
+        select_sources(registry, TARGET, QUERY, "bb", None, None)
     registry.upsert_task(TaskRecord("glue/wnli", "wnli", {}, None, None))
     add(registry, "wnli", "glue/wnli")
     with pytest.raises(NotFoundError, match="glue/wnli has no description embedding"):
-        select_sources(registry, TARGET, np.array([1.0, 0, 0]), "bb", None, None)
+        select_sources(registry, TARGET, QUERY, "bb", None, None)
+
+
+def test_data_embeddings_join_the_ranking_where_both_tasks_have_them(registry):
+    for name, description, data in (("glue/mnli", [0.9, 0.1, 0], [0, 1, 0]), ("glue/sst2", [0, 0, 1], [1, 0, 0])):
+        registry.upsert_task(TaskRecord(name, name, {}, [float(x) for x in description], EMBEDDER, [float(x) for x in data]))
+    add(registry, "mnli", "glue/mnli"), add(registry, "sst2", "glue/sst2"), add(registry, "qqp", "glue/qqp")
+    query = TaskQuery(np.array([1.0, 0, 0]), np.array([1.0, 0, 0]))
+    ranked = {r.expert.name: r for r in select_sources(registry, TARGET, query, "bb", None, None)}
+    mnli_description = 0.9 / np.hypot(0.9, 0.1)
+    assert ranked["mnli"].description_similarity == pytest.approx(mnli_description, abs=1e-6)
+    assert ranked["mnli"].data_similarity == pytest.approx(0.0) and ranked["sst2"].data_similarity == pytest.approx(1.0)
+    assert ranked["mnli"].similarity == pytest.approx(mnli_description / 2, abs=1e-6)
+    assert ranked["sst2"].similarity == pytest.approx(0.5)
+    assert ranked["qqp"].data_similarity is None and ranked["qqp"].similarity == pytest.approx(0.5**0.5, abs=1e-6)
+    assert [r.expert.name for r in select_sources(registry, TARGET, query, "bb", None, None)] == ["qqp", "sst2", "mnli"]
+    # Without a data embedding for the target, the description alone ranks.
+    assert [r.expert.name for r in select_sources(registry, TARGET, QUERY, "bb", None, None)] == ["mnli", "qqp", "sst2"]

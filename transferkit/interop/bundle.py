@@ -21,7 +21,7 @@ import io
 import re
 import tarfile
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -225,12 +225,14 @@ def _require_unique(where: str, what: str, keys: list[str]) -> None:
 def _record(cls: type, data: Any, where: str) -> Any:
     """A registry entity from its `to_dict()` form, refusing missing, extra or mistyped fields."""
     names = [f.name for f in fields(cls)]
-    if not isinstance(data, dict) or set(data) != set(names):
+    # Fields added later have defaults: a bundle written before them lacks them and still imports.
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    if not isinstance(data, dict) or not required <= set(data) <= set(names):
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise InvalidInputError(f"{where}: a {cls.__name__} record has fields {found}, expected {sorted(names)}")
     hints = typing.get_type_hints(cls)
     values = {}
-    for name in names:
+    for name in (name for name in names if name in data):
         value, annotation = data[name], hints[name]
         if datetime in (annotation, *typing.get_args(annotation)) and isinstance(value, str):
             value = _timestamp(value, f"{where}: {cls.__name__}.{name}")
