@@ -20,6 +20,8 @@ from transferkit.cli.common import (
     CheckpointEveryOption,
     DataDirOption,
     EpochsOption,
+    HeadInitOption,
+    PatienceOption,
     EvalEveryOption,
     GlobalOptions,
     HeadLrOption,
@@ -38,6 +40,7 @@ from transferkit.cli.common import (
     SeedOption,
     TaskFileOption,
     TaskPromptOption,
+    ZeroExpertOption,
     check_data_dir,
     err,
     global_options,
@@ -122,7 +125,8 @@ def train_source_command(
     method_option: MethodOptions = None,
     model: ModelOption = None,
     max_steps: MaxStepsOption = None,
-    epochs: EpochsOption = 1.0,
+    epochs: EpochsOption = None,
+    patience: PatienceOption = None,
     batch_size: BatchSizeOption = 32,
     lr: LrOption = None,
     head_lr: HeadLrOption = 1e-2,
@@ -150,6 +154,7 @@ def train_source_command(
     training = TrainingConfig(
         max_steps=max_steps,
         epochs=epochs,
+        patience=patience,
         batch_size=batch_size,
         head_lr=head_lr,
         max_length=max_length,
@@ -213,6 +218,8 @@ def transfer_command(
         typer.Option(help="What pemt's gate reads: 'states' (each layer's task-prompt states, PEMT) or 'task' (the task "
                           "prompt alone: one set of weights for every input, so `transferkit merge` can collapse the mixture)."),
     ] = "states",
+    zero_expert: ZeroExpertOption = None,
+    head_init: HeadInitOption = "auto",
     method: Annotated[
         Optional[str],
         typer.Option(help="The target's own trainable expert for pemt, average and scratch (default adapter); "
@@ -221,7 +228,8 @@ def transfer_command(
     method_option: MethodOptions = None,
     model: ModelOption = None,
     max_steps: MaxStepsOption = None,
-    epochs: EpochsOption = 1.0,
+    epochs: EpochsOption = None,
+    patience: PatienceOption = None,
     batch_size: BatchSizeOption = 32,
     lr: LrOption = None,
     head_lr: HeadLrOption = 1e-2,
@@ -248,12 +256,13 @@ def transfer_command(
     options = global_options(ctx, registry, data_dir, artifacts)
     check_data_dir(options.data_dir)
     training = TrainingConfig(
-        max_steps=max_steps, epochs=epochs, batch_size=batch_size, head_lr=head_lr, prompt_lr=prompt_lr,
+        max_steps=max_steps, epochs=epochs, patience=patience, batch_size=batch_size, head_lr=head_lr, prompt_lr=prompt_lr,
         max_length=max_length, seed=seed, eval_every=eval_every, precision=precision,  # type: ignore[arg-type]
     )
     job = TransferJob(
         target=target, strategy=strategy, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
-        top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight, gate_input=gate_input, method=method,
+        top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight, gate_input=gate_input,
+        zero_expert=zero_expert, head_init=head_init, method=method,
         method_options=method_option or [], model=model, data_dir=options.data_dir, task_file=task_file, name=name, lr=lr,
         training=training,
         max_train_examples=max_train_examples, task_prompt_length=task_prompt_length, show_progress=not quiet,
@@ -265,14 +274,14 @@ def transfer_command(
         print_json(_expert_details(store, outcome.expert, verify=False))
         return
     if outcome.ranking:
-        table = Table(title="sources (ranked by task-description similarity)")
-        for column in ("source", "task", "method", "similarity", "mean gate"):
+        table = Table(title="sources (ranked by the mean of description and data similarity to the target)")
+        for column in ("source", "task", "method", "score", "description", "data", "mean gate"):
             table.add_column(column)
         gates = outcome.expert.extra.get("gate_weights", {}).get("mean", {})
+        shown = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731
         for ranked in outcome.ranking:
-            gate = gates.get(ranked.expert.name)
-            table.add_row(ranked.expert.name, ranked.expert.task_name, ranked.expert.method, f"{ranked.similarity:.4f}",
-                          "-" if gate is None else f"{gate:.4f}")
+            table.add_row(ranked.expert.name, ranked.expert.task_name, ranked.expert.method, shown(ranked.similarity),
+                          shown(ranked.description_similarity), shown(ranked.data_similarity), shown(gates.get(ranked.expert.name)))
         out.print(table)
     _print_expert_summary(outcome.expert)
 
@@ -293,13 +302,19 @@ def compare_command(
         typer.Option(help="Compare source methods instead: comma-separated methods trained with train-source on each target "
                           "(e.g. prompt,ept,mept,prefix,lora,adapter)."),
     ] = None,
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds; each also re-splits a small task's official validation set into dev/test.")
+    ] = "1,2,3,4,5",
     grid: Annotated[str, typer.Option(help="Name of the grid; cells are stored as <grid>-<target>-<strategy>-s<seed>.")] = "compare",
     sources: Annotated[Optional[str], typer.Option(help="Comma-separated source experts (default: chosen per target).")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Keep the k most similar sources.")] = None,
     route_top_k: Annotated[Optional[int], typer.Option(help="Experts active per example and layer.")] = None,
     sparsity_weight: Annotated[float, typer.Option(help="Weight of PEMT's task sparsity loss.")] = 0.1,
-    max_steps: Annotated[int, typer.Option(help="Optimiser steps per cell.")] = 50,
+    zero_expert: ZeroExpertOption = None,
+    head_init: HeadInitOption = "auto",
+    max_steps: MaxStepsOption = None,
+    epochs: EpochsOption = None,
+    patience: PatienceOption = None,
     batch_size: BatchSizeOption = 32,
     precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
     prompt_lr: PromptLrOption = 2e-3,
@@ -320,7 +335,9 @@ def compare_command(
         seed_values = [int(s) for s in _csv(seeds)]
     except ValueError:
         raise TransferkitError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
-    budget = GridBudget(max_steps=max_steps, batch_size=batch_size, precision=precision, prompt_lr=prompt_lr)
+    budget = GridBudget(
+        max_steps=max_steps, epochs=epochs, patience=patience, batch_size=batch_size, precision=precision, prompt_lr=prompt_lr
+    )
     if methods is not None:
         if strategies is not None or sources is not None:
             raise TransferkitError("--methods compares source methods; drop --strategies and --sources")
@@ -329,7 +346,7 @@ def compare_command(
     spec = Grid(
         name=grid, targets=_csv(targets), strategies=_csv(strategies or "scratch,spot,average,pemt"), seeds=seed_values,
         budget=budget, sources=_csv(sources) if sources else None, top_k=top_k, route_top_k=route_top_k,
-        sparsity_weight=sparsity_weight,
+        sparsity_weight=sparsity_weight, zero_expert=zero_expert, head_init=head_init,
     )
     store = open_store(options)
     if not render_only:
@@ -338,14 +355,38 @@ def compare_command(
     if as_json:
         print_json(rows)
         return
-    table = Table(title=f"transfer grid {grid}: test metric, mean ± std over seeds")
-    for column in ("target", "metric", "strategy", "score", "seeds", "wall s", "top gates"):
+    table = Table(
+        title=f"transfer grid {grid}: test metric x 100, mean over seeds [95% interval over seeds and test examples]; "
+              "vs scratch: paired difference [95% interval] wins/losses (an interval containing 0 is a tie)"
+    )
+    for column in ("target", "metric", "strategy", "score", "vs scratch", "seeds", "wall s (max)", "top gates"):
         table.add_column(column)
     for row in rows:
-        gates = ", ".join(f"{g['source']} {g['weight']:.2f}" for g in row["top_gates"]) or "-"
-        table.add_row(row["target"], row["metric"], row["strategy"], f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}",
-                      str(row["seeds"]), f"{row['wall_seconds']:.0f}", gates)
+        table.add_row(row["target"], row["metric"], row["strategy"], _score_cell(row), _versus_cell(row["versus_scratch"]),
+                      str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", _gates_cell(row))
     out.print(table)
+
+
+def _score_cell(row: dict) -> str:
+    interval = row["interval"]
+    if interval is None:  # cells stored before per-example test outputs were kept
+        return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} (std)"
+    return f"{100 * interval['mean']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
+
+
+def _versus_cell(versus: dict | None) -> str:
+    if versus is None:
+        return "-"
+    verdict = "tie" if versus["low"] <= 0 <= versus["high"] else ("better" if versus["low"] > 0 else "worse")
+    return (f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] "
+            f"{versus['wins']}W/{versus['losses']}L {verdict}")
+
+
+def _gates_cell(row: dict) -> str:
+    gates = ", ".join(f"{g['source']} {g['weight']:.2f}" for g in row["top_gates"])
+    if row.get("zero_expert_gate") is not None:
+        gates += f"; none {row['zero_expert_gate']:.2f}"
+    return gates or "-"
 
 
 def _compare_methods(
@@ -457,6 +498,13 @@ def inspect_command(
     _render_inspect(details)
 
 
+def _ranking_entry(ranked: dict) -> str:
+    parts = [f"description {ranked['description_similarity']:.3f}"] if ranked.get("description_similarity") is not None else []
+    if ranked.get("data_similarity") is not None:
+        parts.append(f"data {ranked['data_similarity']:.3f}")
+    return f"{ranked['name']} ({ranked['similarity']:.3f}" + (f": {', '.join(parts)})" if parts else ")")
+
+
 def _render_inspect(details: dict) -> None:
     e, run, cost = details["expert"], details["run"], details["cost"]
     table = Table(title=f"expert {e['name']} ({e['id']})", show_header=False)
@@ -487,11 +535,26 @@ def _render_inspect(details: dict) -> None:
 
     for label, key in (("own cost", "own_cost"), ("amortized cost", "amortized_cost")):
         rows.append((label, cost_summary(details[key])))
+    extra = e["extra"]
+    if extra.get("schedule"):
+        rows.append(("schedule", extra["schedule"]["reason"]))
+    if extra.get("stop_reason"):
+        rows.append(("stopped", f"{extra['stop_reason']} ({extra.get('steps')} steps trained)"))
+    head_init = extra.get("head_init")
+    if head_init and head_init.get("used"):
+        rows.append(("head init", "; ".join(
+            f"{m['source']}: " + ", ".join(f"{label} <- {'+'.join(rows_)} ({m['how'][label]})" for label, rows_ in m["rows"].items())
+            for m in head_init["mappings"]
+        )))
+    elif head_init and head_init.get("mode") == "auto":
+        rows.append(("head init", f"from zero: {head_init.get('reason')}"))
     gates = e["extra"].get("gate_weights")
     if gates:
         rows.append(("gate (mean per source)", json.dumps(gates["mean"])))
         if "target" in gates:  # ATTEMPT: the target prompt's own share of the attention
             rows.append(("attention on the target prompt", f"{gates['target']:.3f}"))
+        if "zero_expert" in gates:
+            rows.append(("gate on the zero expert", f"{gates['zero_expert']['mean']:.3f} (share of the change left unused)"))
         for layer, weights in gates.get("per_layer", {}).items():
             rows.append((f"gate {layer}", ", ".join(f"{w:.3f}" for w in weights)))
     statistics = e["extra"].get("method_statistics") or {}
@@ -504,7 +567,7 @@ def _render_inspect(details: dict) -> None:
             f" = {statistics['activated_prompts']} of {statistics['total_prompts']}",
         ))
     if e["extra"].get("ranking"):
-        rows.append(("source ranking", ", ".join(f"{r['name']} ({r['similarity']:.3f})" for r in e["extra"]["ranking"])))
+        rows.append(("source ranking", ", ".join(_ranking_entry(r) for r in e["extra"]["ranking"])))
     for parent in details["lineage"]["parents"]:
         rows.append(("parent", f"{parent['parent_id']} role {parent['role']} weight {parent['weight']}"))
     for child in details["lineage"]["children"]:

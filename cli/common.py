@@ -54,8 +54,31 @@ MethodOptions = Annotated[
     Optional[list[str]], typer.Option("--method-option", "-O", help="Method option KEY=VALUE, repeatable (e.g. -O r=16).")
 ]
 ModelOption = Annotated[Optional[str], typer.Option(help="HF model id or local path (default: packaged all-MiniLM-L6-v2).")]
-MaxStepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps (overrides --epochs).")]
-EpochsOption = Annotated[float, typer.Option(help="Passes over the training split.")]
+MaxStepsOption = Annotated[
+    Optional[int],
+    typer.Option(help="Train exactly this many optimiser steps (overrides --epochs). Default: the adaptive schedule "
+                      "(up to 20 epochs, at most 32,000 examples, early stopping on dev).", show_default=False),
+]
+EpochsOption = Annotated[
+    Optional[float], typer.Option(help="Train exactly this many passes over the training split. Default: the adaptive schedule.",
+                                  show_default=False)
+]
+ZeroExpertOption = Annotated[
+    Optional[bool],
+    typer.Option("--zero-expert/--no-zero-expert",
+                 help="pemt: let the gate also choose an expert that changes nothing, so a target unlike every source "
+                      "can use none of them (default: on for pemt).", show_default=False),
+]
+HeadInitOption = Annotated[
+    str,
+    typer.Option(help="auto: start the target's head from the sources' heads where their labels match by name or meaning "
+                      "(recorded on the expert); none: from zero."),
+]
+PatienceOption = Annotated[
+    Optional[int],
+    typer.Option(help="Stop after this many dev evaluations without improvement and keep the best (0: never). "
+                      "Default: 5 with the adaptive schedule, off with --max-steps/--epochs.", show_default=False),
+]
 BatchSizeOption = Annotated[int, typer.Option(help="Examples per step.")]
 LrOption = Annotated[Optional[float], typer.Option(help="Learning rate of the expert (default: the method's recommended rate).")]
 HeadLrOption = Annotated[float, typer.Option(help="Learning rate of the task head.")]

@@ -31,7 +31,7 @@ JOB_FIELDS = {
     "transfer": ("target", "strategy", "sources", "top_k", "route_top_k", "sparsity_weight", "method", *_COMMON_FIELDS),
 }
 # Fields added to the job record later, with the value that reproduces runs recorded before them.
-JOB_FIELD_DEFAULTS = {"transfer": {"gate_input": "states"}}
+JOB_FIELD_DEFAULTS = {"transfer": {"gate_input": "states", "zero_expert": False, "head_init": "none"}}
 
 
 @dataclass
@@ -123,7 +123,7 @@ def rebuild_job(
         route_top_k=job["route_top_k"],
         sparsity_weight=job["sparsity_weight"],
         method=job["method"],
-        gate_input=job.get("gate_input", JOB_FIELD_DEFAULTS["transfer"]["gate_input"]),
+        **{key: job.get(key, default) for key, default in JOB_FIELD_DEFAULTS["transfer"].items()},
         **common,
     )
 

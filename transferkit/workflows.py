@@ -150,7 +150,7 @@ def run_training(
     data_fingerprint = splits.to_dict()
     run = None
     if state.is_main_process:
-        ensure_task_record(registry, task)
+        ensure_task_record(registry, task, splits.train)
         run = _resume_run(registry, kind, hyperparams, data_fingerprint, show_progress) if resume else None
         if run is None:
             run = registry.start_run(
@@ -198,6 +198,9 @@ def run_training(
                     "loss_history": result.loss_history,
                     "steps": result.steps,
                     "best_step": result.best_step,
+                    "schedule": result.schedule,
+                    "stop_reason": result.stop_reason,
+                    "test_outputs": test_outputs(result.test_predictions, test_split),
                     "task_prompt_length": model.task_prompt.length if model.task_prompt is not None else 0,
                     **extra,
                 },
@@ -215,6 +218,14 @@ def run_training(
     if state.is_main_process:
         checkpointer.remove()  # the expert is stored: nothing left to resume
     return expert, result
+
+
+def test_outputs(predictions: list, split) -> dict:
+    """Every test example's prediction and label, so `compare` can bootstrap intervals without the data."""
+    outputs = {"predictions": predictions, "labels": split.labels.tolist()}
+    if any(group is not None for group in split.groups):
+        outputs["groups"] = list(split.groups)
+    return outputs
 
 
 def artifact_metadata(method: str, config: dict, backbone_id: str, task_name: str, num_outputs: int) -> dict[str, str]:
@@ -328,13 +339,29 @@ def read_expert(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone
     return tensors
 
 
-def load_method_expert(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone) -> tuple[ExpertModule, torch.Tensor | None]:
-    """A stored expert's method module (not attached) and its task-description prompt, if it has one."""
+@dataclass
+class SourceParts:
+    """What a stored expert lends to a new one: its method module (not attached), task prompt and head."""
+
+    module: ExpertModule
+    prompt: torch.Tensor | None
+    head: tuple[torch.Tensor, torch.Tensor] | None  # (weight (C, d), bias (C,)); None if it was imported without one
+
+
+def load_source_parts(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone) -> SourceParts:
+    """A stored expert's parts, read and verified once."""
     tensors = read_expert(registry, expert, backbone)
     method = get_method(expert.method)
     module = method.build(method.config_class.from_dict(expert.config), backbone)
     module.import_tensors({k[len(EXPERT_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXPERT_PREFIX)})
-    return module, tensors.get(TASK_PROMPT_PREFIX + "embedding")
+    weight, bias = tensors.get(HEAD_PREFIX + "linear.weight"), tensors.get(HEAD_PREFIX + "linear.bias")
+    return SourceParts(module, tensors.get(TASK_PROMPT_PREFIX + "embedding"), (weight, bias) if weight is not None and bias is not None else None)
+
+
+def load_method_expert(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone) -> tuple[ExpertModule, torch.Tensor | None]:
+    """A stored expert's method module (not attached) and its task-description prompt, if it has one."""
+    parts = load_source_parts(registry, expert, backbone)
+    return parts.module, parts.prompt
 
 
 def load_expert_model(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone) -> TaskModel:

@@ -53,7 +53,7 @@ def test_pemt_expert_stored_with_sources_gates_lineage_cost(transferred, sources
     assert [r.expert.task_name for r in transferred.ranking] == ["glue/mnli", "glue/sst2"]
     gates = expert.extra["gate_weights"]
     assert set(gates["mean"]) == {s.name for s in sources}
-    assert sum(gates["mean"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert sum(gates["mean"].values()) + gates["zero_expert"]["mean"] == pytest.approx(1.0, abs=1e-4)
     assert len(gates["per_layer"]) == 6
     parents = registry.lineage_edges(expert.id)["parents"]
     assert {p.parent_id for p in parents} == {s.id for s in sources}

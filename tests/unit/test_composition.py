@@ -112,11 +112,11 @@ def test_factored_mix_and_disagreement_match_the_direct_formulas(tiny_backbone, 
     weights = torch.softmax(torch.randn(3, 4 if dense else 2), dim=-1)
     deltas = stack.deltas(name, x, base, index)
     each = each_delta(deltas)
-    mixed = base + deltas.mix(weights)
-    assert torch.allclose(mixed, base + torch.einsum("bk,bkto->bto", weights, each), atol=1e-5)
-    direct = 1 - torch.nn.functional.cosine_similarity(mixed.unsqueeze(1), base.unsqueeze(1) + each, dim=-1).mean(-1)
-    assert torch.allclose(deltas.disagreement(mixed, base), direct, atol=1e-5)
-    assert direct.abs().max() > 1e-4  # the experts really disagree, so the comparison is not between zeros
+    change = deltas.mix(weights)
+    assert torch.allclose(change, torch.einsum("bk,bkto->bto", weights, each), atol=1e-5)
+    direct = 1 - torch.nn.functional.cosine_similarity(change.unsqueeze(1), each, dim=-1).mean(-1)
+    assert torch.allclose(deltas.disagreement(change), direct, atol=1e-5)
+    assert direct.abs().max() > 1e-2  # the experts really disagree, so the comparison is not between zeros
 
 
 def test_top_k_keeps_exactly_k_experts_active(tiny_backbone):

@@ -31,23 +31,29 @@ from transferkit.errors import InvalidInputError, NotFoundError
 from transferkit.methods import get_method
 from transferkit.registry import ExpertRecord, RegistryStore
 from transferkit.task_registry import resolve_registered_task
+from transferkit.tasks.intervals import metric_interval, paired_difference
 from transferkit.training.loop import TrainingConfig
 from transferkit.workflows import SourceJob, train_source
 
 
 @dataclass
 class GridBudget:
-    max_steps: int = 50
+    """Every cell's budget: by default exactly what `train-source` / `transfer` give a user (the adaptive schedule)."""
+
+    max_steps: int | None = None
+    epochs: float | None = None
+    patience: int | None = None
     batch_size: int = 32
     max_length: int = 128
-    eval_every: int = 25
+    eval_every: int | None = None
     precision: str = "fp32"
     prompt_lr: float = TRANSFER_PROMPT_LR  # transfer cells only; method cells keep train-source's task-prompt rate
 
     def training(self, seed: int, **overrides: float) -> TrainingConfig:
         return TrainingConfig(
-            max_steps=self.max_steps, batch_size=self.batch_size, max_length=self.max_length,
-            eval_every=self.eval_every, seed=seed, precision=self.precision, **overrides,  # type: ignore[arg-type]
+            max_steps=self.max_steps, epochs=self.epochs, patience=self.patience, batch_size=self.batch_size,
+            max_length=self.max_length, eval_every=self.eval_every, seed=seed, precision=self.precision,  # type: ignore[arg-type]
+            **overrides,
         )
 
 
@@ -62,6 +68,8 @@ class Grid:
     top_k: int | None = None
     route_top_k: int | None = None
     sparsity_weight: float = 0.1
+    zero_expert: bool | None = None  # None: the strategy's default
+    head_init: str = "auto"
 
     def validate(self, registry: RegistryStore) -> None:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -117,6 +125,7 @@ def run_grid(registry: RegistryStore, grid: Grid, data_dir: Path | None, model: 
                     target=target, strategy=strategy,
                     sources=grid.sources if strategy != "scratch" else None,
                     top_k=grid.top_k, route_top_k=grid.route_top_k, sparsity_weight=grid.sparsity_weight,
+                    zero_expert=grid.zero_expert if strategy == "pemt" else None, head_init=grid.head_init,
                     model=model, data_dir=data_dir, name=name,
                     training=budget.training(seed, prompt_lr=budget.prompt_lr),
                     show_progress=show_progress,
@@ -184,10 +193,13 @@ def collect_methods(registry: RegistryStore, grid: MethodGrid) -> list[dict]:
 
 
 def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
-    """One row per (target, strategy): mean and std over seeds of the primary test metric, time, top gates."""
+    """One row per (target, strategy): the primary test metric's mean over seeds with its 95% interval (seeds and
+    test examples resampled), the paired difference to `scratch` where the grid has it, wall time and top gates."""
     grid.validate(registry)
     rows = []
     for target in grid.targets:
+        task = resolve_registered_task(registry, target)
+        outputs = {strategy: _test_outputs(registry, grid, target, strategy) for strategy in grid.strategies}
         for strategy in grid.strategies:
             cells = _stored_cells(registry, grid, target, strategy)
             if cells is None:
@@ -199,6 +211,11 @@ def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
                 for source, weight in expert.extra.get("gate_weights", {}).get("mean", {}).items():
                     gates.setdefault(source, []).append(weight)
             top = sorted(((statistics.mean(w), s) for s, w in gates.items()), reverse=True)[:3]
+            zero = [e.extra["gate_weights"]["zero_expert"]["mean"] for e in experts if "zero_expert" in e.extra.get("gate_weights", {})]
+            mine = outputs[strategy]
+            interval = metric_interval(list(mine.values()), task, primary) if len(mine) == len(experts) else None
+            baseline = outputs.get("scratch") or {}
+            versus = paired_difference(mine, baseline, task, primary) if strategy != "scratch" and mine and baseline else None
             rows.append(
                 {
                     "target": target,
@@ -207,10 +224,25 @@ def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
                     "seeds": len(experts),
                     "mean": statistics.mean(scores),
                     "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                    "interval": interval.to_dict() if interval is not None else None,
+                    "versus_scratch": versus.to_dict() if versus is not None else None,
                     "scores": scores,
                     "wall_seconds": statistics.mean(walls),
+                    "max_wall_seconds": max(walls),
+                    "steps": [e.extra.get("steps") for e in experts],
                     "top_gates": [{"source": s, "weight": round(w, 4)} for w, s in top],
+                    "zero_expert_gate": round(statistics.mean(zero), 4) if zero else None,
                     "experts": [e.id for e in experts],
                 }
             )
     return rows
+
+
+def _test_outputs(registry: RegistryStore, grid: Grid, target: str, strategy: str) -> dict[int, dict]:
+    """Seed -> the stored test predictions and labels of that cell (cells stored before they were kept are left out)."""
+    found = {}
+    for seed in grid.seeds:
+        expert = _stored(registry, grid.cell_name(target, strategy, seed))
+        if expert is not None and expert.extra.get("test_outputs"):
+            found[seed] = expert.extra["test_outputs"]
+    return found

@@ -21,15 +21,23 @@ the LoRA rank or adapter bottleneck code), so memory grows with J x r per token,
 never with J x hidden size.
 Each adapted module outputs  y = base + sum_j g_j delta_j.
 
-Task sparsity loss (the form in PEMT's code, per example rather than with the
-batch-mean gate so it also applies to top-k routing):
+With `zero_expert` the gate has one more column, an expert whose change is zero:
+its share scales the sources' change down, so a target unlike every source can
+use none of them (a softmax over sources alone always spends all its mass on them).
 
-    L_sparse = mean over adapted modules and examples of  sum_j g_j (1 - cos(y, base + delta_j))
+Task sparsity loss, in delta space (per example rather than with PEMT's batch-mean
+gate, so it also applies to top-k routing):
 
-with cos the cosine similarity per token, averaged over tokens. It is zero when
-all gate mass sits on one expert (then y = base + delta_j), and it pushes mass
-towards experts whose output agrees with the mixed output: raising its weight
-concentrates the gate. With `learn_gate=False` the weights stay uniform (the
+    L_sparse = mean over adapted modules and examples of  sum_j gt_j (1 - cos(m, delta_j)),
+    m = sum_j g_j delta_j,   gt_j = g_j / sum_k g_k  (the sources' shares; the zero expert is left out)
+
+with cos the cosine similarity per token, averaged over tokens. PEMT's code compares the
+layer's output with base + delta_j instead, but a source's change is tiny next to the
+frozen output, so that cosine is about 1 - 1e-4 for every source and the loss cannot move
+the gate. In delta space it is zero when all of the sources' share sits on one expert
+(then m is parallel to that expert's change) and pulls mass towards the experts whose
+change agrees with the mixed change: raising its weight concentrates the gate (measured
+on real data in the README). With `learn_gate=False` the weights stay uniform (the
 `average` baseline).
 """
 
@@ -68,12 +76,16 @@ class SourceMixture(Composition):
         learn_gate: bool = True,
         temperature: float = 1.0,
         gate_input: str = "states",
+        zero_expert: bool = False,
     ) -> None:
         super().__init__()
         if route_top_k is not None and not 1 <= route_top_k <= num_sources:
             raise InvalidInputError(f"--route-top-k must be between 1 and the number of sources ({num_sources}), got {route_top_k}")
         if gate_input not in GATE_INPUTS:
             raise InvalidInputError(f"--gate-input must be one of {', '.join(GATE_INPUTS)}, got {gate_input!r}")
+        if zero_expert and not learn_gate:
+            raise InvalidInputError("a zero expert needs a learned gate (pemt); the uniform average has none")
+        self.zero_expert = zero_expert
         self.gate_input = gate_input
         self._task_state: torch.Tensor | None = None
         self.stack = stack
@@ -84,7 +96,7 @@ class SourceMixture(Composition):
         self.module_layer = {name: layer_of(name) for name in stack.module_names}
         self.layers = sorted(set(self.module_layer.values()), key=lambda n: (len(n), n))
         self.gates = nn.ParameterDict(
-            {layer.replace(".", "/"): nn.Parameter(torch.zeros(hidden_size, num_sources)) for layer in self.layers}
+            {layer.replace(".", "/"): nn.Parameter(torch.zeros(hidden_size, num_sources + zero_expert)) for layer in self.layers}
             if learn_gate
             else {}
         )
@@ -94,6 +106,7 @@ class SourceMixture(Composition):
         self._auxiliary: list[torch.Tensor] = []
         self._gate_sums: dict[str, torch.Tensor] | None = None
         self._gate_count = 0
+        self.zero_shares: dict[str, float] = {}  # per layer, the mean gate on the zero expert at the last recording
 
     # --- hooks -------------------------------------------------------------
     def attach(self, backbone: Backbone, prompt_length: int) -> None:
@@ -126,10 +139,12 @@ class SourceMixture(Composition):
             weights, index = self._routing[layer]
             dense = self.top_k >= self.num_sources  # every expert for every example: no gather
             deltas = self.stack.deltas(name, args[0], output, None if dense else index)
-            mixed = output + deltas.mix(weights).to(output.dtype)
+            change = deltas.mix(weights)
             if self.training and torch.is_grad_enabled():
-                self._auxiliary.append((weights * deltas.disagreement(mixed, output)).sum(-1).mean())
-            return mixed
+                # Over the sources' share only: the zero expert's share is left to the task loss.
+                shares = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+                self._auxiliary.append((shares * deltas.disagreement(change)).sum(-1).mean())
+            return output + change.to(output.dtype)
 
         return hook
 
@@ -143,7 +158,7 @@ class SourceMixture(Composition):
         return not self.learn_gate or self.gate_input == "task"
 
     def gate_probabilities(self, layer: str, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, J) softmax weights over all sources for this layer."""
+        """(B, J) softmax weights over all sources for this layer, (B, J + 1) with the zero expert last."""
         batch = hidden.shape[0]
         if not self.learn_gate:
             return hidden.new_full((batch, self.num_sources), 1.0 / self.num_sources, dtype=torch.float32)
@@ -157,16 +172,21 @@ class SourceMixture(Composition):
         return torch.softmax(logits, dim=-1)
 
     def route(self, layer: str, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weights (B, k) summing to 1, expert indices (B, k))."""
+        """(weights (B, k) of the chosen sources, their indices (B, k)).
+
+        The weights sum to the sources' share: 1, or 1 minus the zero expert's gate. Top-k routing chooses
+        among the sources and renormalises the chosen ones to that share.
+        """
         probabilities = self.gate_probabilities(layer, hidden)
+        sources = probabilities[:, : self.num_sources]
         if self.top_k < self.num_sources:
-            weights, index = probabilities.topk(self.top_k, dim=-1)
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+            weights, index = sources.topk(self.top_k, dim=-1)
+            weights = weights * (sources.sum(dim=-1, keepdim=True) / weights.sum(dim=-1, keepdim=True))
         else:
-            weights = probabilities
+            weights = sources
             index = torch.arange(self.num_sources, device=hidden.device).expand(hidden.shape[0], -1)
         if self._gate_sums is not None:
-            routed = torch.zeros_like(probabilities).scatter(1, index, weights)
+            routed = torch.zeros_like(sources).scatter(1, index, weights)
             self._gate_sums[layer] = self._gate_sums.get(layer, 0) + routed.detach().sum(0).cpu()
             if layer == self.layers[0]:
                 self._gate_count += hidden.shape[0]
@@ -181,7 +201,9 @@ class SourceMixture(Composition):
         """Mean routed weight per source, per layer, since `start_recording`."""
         sums, count = self._gate_sums or {}, max(self._gate_count, 1)
         self._gate_sums = None
-        return {layer: [round(float(v) / count, 6) for v in sums[layer]] for layer in self.layers if layer in sums}
+        per_layer = {layer: [round(float(v) / count, 6) for v in sums[layer]] for layer in self.layers if layer in sums}
+        self.zero_shares = {layer: round(1.0 - sum(weights), 6) for layer, weights in per_layer.items()} if self.zero_expert else {}
+        return per_layer
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         if not self._auxiliary:

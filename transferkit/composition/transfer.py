@@ -23,8 +23,10 @@ import torch
 
 from transferkit.backbone import Backbone, load_backbone
 from transferkit.composition.attempt import ATTEMPT_METHOD, AttemptConfig, AttemptExpert
+from transferkit.composition.heads import map_labels, mapped_head, mix_heads
 from transferkit.composition.mixture import SourceMixture
-from transferkit.composition.selection import RankedSource, composable_methods, select_sources, target_embedding
+from transferkit.composition.selection import RankedSource, TaskQuery, composable_methods, select_sources, target_embedding
+from transferkit.embedding import embed_task_data
 from transferkit.errors import InvalidInputError
 from transferkit.methods import METHODS, ExpertModule, get_method
 from transferkit.modeling import TaskModel
@@ -34,9 +36,11 @@ from transferkit.task_registry import job_task
 from transferkit.tasks import TaskSpec, load_splits
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
-from transferkit.workflows import JobOptions, job_expert_name, load_method_expert, run_training
+from transferkit.workflows import JobOptions, SourceParts, job_expert_name, load_method_expert, load_source_parts, run_training
 
 STRATEGIES = ("pemt", "average", "spot", "scratch", "attempt")
+HEAD_INITS = ("auto", "none")
+DEFAULT_ZERO_EXPERT = True
 MIXTURE_METHOD = "mixture"
 DEFAULT_TARGET_METHOD = "adapter"
 
@@ -60,6 +64,10 @@ class TransferJob(JobOptions):
     # pemt's gate reads the prompt-position states of each layer ("states", PEMT) or the task prompt alone
     # ("task": the same weights for every input, so the trained mixture can be merged into one expert).
     gate_input: str = "states"
+    # pemt's gate also weighs an expert whose change is zero, so the mixture can use none of the sources.
+    zero_expert: bool | None = None  # None: the strategy's default (pemt: DEFAULT_ZERO_EXPERT)
+    # "auto": start the target's head from the sources' heads where their labels match (transferkit.composition.heads).
+    head_init: str = "auto"
     # The target's own expert for pemt/average/scratch (default: adapter); for spot it restricts the sources
     # to that method; attempt trains its own target prompt and takes none.
     method: str | None = None
@@ -92,6 +100,10 @@ def _validate(job: TransferJob) -> None:
         raise InvalidInputError("--gate-input applies to pemt's learned gate only; drop it for other strategies")
     if job.strategy == "spot" and job.method_options:
         raise InvalidInputError("spot continues training the source expert as configured; drop -O")
+    if job.head_init not in HEAD_INITS:
+        raise InvalidInputError(f"--head-init must be one of {', '.join(HEAD_INITS)}, got {job.head_init!r}")
+    if job.zero_expert and job.strategy != "pemt":
+        raise InvalidInputError("--zero-expert applies to pemt's learned gate only; pass --no-zero-expert for other strategies")
 
 
 def _source_methods(job: TransferJob) -> frozenset[str]:
@@ -106,14 +118,16 @@ def _source_methods(job: TransferJob) -> frozenset[str]:
 
 
 def build_mixture(
-    sources: list[ExpertModule], backbone: Backbone, route_top_k: int | None, learn_gate: bool, gate_input: str = "states"
+    sources: list[ExpertModule], backbone: Backbone, route_top_k: int | None, learn_gate: bool, gate_input: str = "states",
+    zero_expert: bool = False,
 ) -> SourceMixture:
     kinds = {type(source) for source in sources}
     if len(kinds) != 1:
         raise InvalidInputError("sources mix different methods; pass --sources of one method (all lora or all adapter)")
     method = next(m for m in METHODS.values() if m.module_class in kinds)
     return SourceMixture(
-        method.stack(sources), len(sources), backbone.hidden_size, route_top_k, learn_gate, gate_input=gate_input
+        method.stack(sources), len(sources), backbone.hidden_size, route_top_k, learn_gate, gate_input=gate_input,
+        zero_expert=zero_expert,
     )
 
 
@@ -137,7 +151,9 @@ _CONFIG_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     ATTEMPT_METHOD: {"strategy": (str,), "sources": (list,), "target_config": (dict,)},
 }
-_OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {MIXTURE_METHOD: {"gate_input": (str,)}, ATTEMPT_METHOD: {}}
+_OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    MIXTURE_METHOD: {"gate_input": (str,), "zero_expert": (bool,)}, ATTEMPT_METHOD: {}
+}
 _STRATEGIES_OF = {MIXTURE_METHOD: ("pemt", "average"), ATTEMPT_METHOD: ("attempt",)}
 
 
@@ -166,7 +182,10 @@ def build_stored_composition(
     if expert.method == ATTEMPT_METHOD:
         attempt = build_attempt(sources, AttemptConfig.from_dict(config["target_config"]), backbone)
         return TaskModel(backbone, attempt, num_outputs, task_prompt=prompt)
-    mixture = build_mixture(sources, backbone, config["route_top_k"], config["learn_gate"], config.get("gate_input", "states"))
+    mixture = build_mixture(
+        sources, backbone, config["route_top_k"], config["learn_gate"], config.get("gate_input", "states"),
+        config.get("zero_expert", False),
+    )
     target_method = get_method(config["target_method"])
     target = target_method.build(target_method.config_class.from_dict(config["target_config"]), backbone)
     return TaskModel(backbone, target, num_outputs, task_prompt=prompt, composition=mixture)
@@ -188,23 +207,25 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     training = job.training
     training.validate()
     backbone = load_backbone(job.model, precision=training.precision)
+    splits = load_splits(task, job.data_dir, seed=training.seed, max_train_examples=job.max_train_examples)
     ranking: list[RankedSource] = []
     if job.strategy != "scratch":
+        query = TaskQuery(target_embedding(task.description), embed_task_data(splits.train, task.name))
         ranking = select_sources(
-            registry, task.name, target_embedding(task.description), backbone.backbone_id, job.sources,
+            registry, task.name, query, backbone.backbone_id, job.sources,
             1 if job.strategy == "spot" and not job.sources else job.top_k, _source_methods(job),
         )
         if job.strategy == "spot":
             ranking = ranking[:1]
-    splits = load_splits(task, job.data_dir, seed=training.seed, max_train_examples=job.max_train_examples)
     name, name_is_base = job_expert_name(registry, job.name, f"{task.short_name}-{job.strategy}")
 
     torch.manual_seed(training.seed)
-    loaded = [load_method_expert(registry, r.expert, backbone) for r in ranking]
+    loaded = [load_source_parts(registry, r.expert, backbone) for r in ranking]
     source_ids = [r.expert.id for r in ranking]
+    zero_expert = job.strategy == "pemt" and (DEFAULT_ZERO_EXPERT if job.zero_expert is None else job.zero_expert)
     if job.strategy == "spot":
         source = ranking[0].expert
-        expert_module = loaded[0][0]
+        expert_module = loaded[0].module
         for parameter in expert_module.parameters():
             parameter.requires_grad_(True)
         method_name, method_config = source.method, dict(source.config)
@@ -212,7 +233,7 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         model = TaskModel(backbone, expert_module, task.num_labels, training.precision,
                           _target_prompt(task, backbone, job.task_prompt_length, []))
     elif job.strategy == "attempt":
-        expert_module = build_attempt([m for m, _ in loaded], target_config, backbone)
+        expert_module = build_attempt([parts.module for parts in loaded], target_config, backbone)
         # The description prompt is not correlated with the sources here: ATTEMPT's attention does the mixing.
         model = TaskModel(backbone, expert_module, task.num_labels, training.precision,
                           _target_prompt(task, backbone, job.task_prompt_length, []))
@@ -224,9 +245,10 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         prompts: list[torch.Tensor] = []
         if job.strategy in ("pemt", "average"):
             composition = build_mixture(
-                [m for m, _ in loaded], backbone, job.route_top_k, learn_gate=job.strategy == "pemt", gate_input=job.gate_input
+                [parts.module for parts in loaded], backbone, job.route_top_k, learn_gate=job.strategy == "pemt",
+                gate_input=job.gate_input, zero_expert=zero_expert,
             )
-            prompts = [p for _, p in loaded if p is not None]
+            prompts = [parts.prompt for parts in loaded if parts.prompt is not None]
         expert_module = target_method.build(target_config, backbone)
         model = TaskModel(backbone, expert_module, task.num_labels, training.precision,
                           _target_prompt(task, backbone, job.task_prompt_length, prompts), composition)
@@ -241,11 +263,13 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
                 "route_top_k": job.route_top_k,
                 "learn_gate": job.strategy == "pemt",
                 "gate_input": job.gate_input,
+                "zero_expert": zero_expert,
                 "sparsity_weight": job.sparsity_weight,
                 "target_method": target_method.name,
                 "target_config": target_config.to_dict(),
             }
     training.lr = lr
+    head_init = initialise_head(model, task, ranking, loaded) if job.head_init == "auto" else {"mode": "none"}
     hyperparams = {
         "task": task.name,
         "strategy": job.strategy,
@@ -262,11 +286,12 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         "job": job.record(
             target=task.name, strategy=job.strategy, sources=source_ids, top_k=job.top_k, route_top_k=job.route_top_k,
             sparsity_weight=job.sparsity_weight, method=_recorded_method(job, method_name), gate_input=job.gate_input,
+            zero_expert=job.zero_expert, head_init=job.head_init,
         ),
     }
 
     def finalize(trained: TaskModel) -> tuple[list[tuple[str, str, float | None]], dict]:
-        extra: dict = {"strategy": job.strategy, "ranking": [r.to_dict() for r in ranking]}
+        extra: dict = {"strategy": job.strategy, "ranking": [r.to_dict() for r in ranking], "head_init": head_init}
         if job.strategy == "spot":
             return [(source_ids[0], "init", ranking[0].similarity)], extra
         if not ranking:
@@ -286,6 +311,9 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
             "mean": {r.expert.name: round(w, 6) for r, w in zip(ranking, mean)},
             "sources": [r.expert.name for r in ranking],
         }
+        shares = trained.composition.zero_shares
+        if shares:
+            extra["gate_weights"]["zero_expert"] = {"per_layer": shares, "mean": round(sum(shares.values()) / len(shares), 6)}
         return [(sid, "source", round(w, 6)) for sid, w in zip(source_ids, mean)], extra
 
     expert, _ = run_training(
@@ -310,6 +338,33 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         checkpoint_every=job.checkpoint_every,
     )
     return TransferOutcome(expert, ranking)
+
+
+def initialise_head(model: TaskModel, task: TaskSpec, ranking: list[RankedSource], loaded: list[SourceParts]) -> dict:
+    """Start the target head from the sources' heads whose labels map onto the target's; returns the record of it.
+
+    The mapped heads are mixed uniformly: the mixture's gate starts uniform, and spot/attempt use one
+    source or all of them alike.
+    """
+    if task.label_names is None:
+        return {"mode": "auto", "used": False, "reason": "regression target: no labels to map"}
+    mapped, mappings = [], []
+    for ranked, parts in zip(ranking, loaded):
+        labels = ranked.expert.extra.get("label_names")
+        if parts.head is None or not labels:
+            continue
+        mapping = map_labels(tuple(task.label_names), tuple(labels), ranked.expert.name)
+        if mapping is None:
+            continue
+        mapped.append((1.0, *mapped_head(mapping, tuple(labels), *parts.head, tuple(task.label_names))))
+        mappings.append(mapping.to_dict())
+    if not mapped:
+        return {"mode": "auto", "used": False, "reason": "no source's labels map onto the target's"}
+    weight, bias = mix_heads(mapped)
+    with torch.no_grad():
+        model.head.linear.weight.copy_(weight)
+        model.head.linear.bias.copy_(bias)
+    return {"mode": "auto", "used": True, "mappings": mappings}
 
 
 def _recorded_method(job: TransferJob, method_name: str) -> str | None:

@@ -225,28 +225,25 @@ class StackedDeltas:
         mixed = self._up(self.code * weights[:, None, :, None])
         return mixed if self.bias is None else mixed + self._bias(weights)
 
-    def disagreement(self, mixed: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """1 - cos(mixed, base + delta_k) per example and expert, averaged over tokens: (B, k), in float32.
+    def disagreement(self, mixed: torch.Tensor) -> torch.Tensor:
+        """1 - cos(mixed, delta_k) per example and expert, averaged over tokens: (B, k), in float32.
 
-        Expanded through the factors, e.g. |base + delta_k|^2 = |base|^2 + 2 base.delta_k + |delta_k|^2
-        with base.delta_k = (up_k^T base).code_k + base.bias_k, so no per-expert output is built.
+        `mixed` is the mixture's change sum_k g_k delta_k (B, T, out). Expanded through the factors:
+        mixed.delta_k = (up_k^T mixed).code_k + mixed.bias_k and
+        |delta_k|^2 = code_k^T (up_k^T up_k) code_k + 2 code_k.(up_k^T bias_k) + |bias_k|^2,
+        so no per-expert output is built.
         """
-        code, up = self.code.float(), self.up.float()
-        mixed, base = mixed.float(), base.float()
-        mixed_dot = (self._transpose_up(mixed) * code).sum(-1)  # (B, T, k)
-        base_dot = (self._transpose_up(base) * code).sum(-1)
+        code, up, mixed = self.code.float(), self.up.float(), mixed.float()
+        dot = (self._transpose_up(mixed) * code).sum(-1)  # (B, T, k)
         gram = torch.einsum("kor,kos->krs" if up.dim() == 3 else "bkor,bkos->bkrs", up, up)
         own_norm = torch.einsum("btkr,krs,btks->btk" if up.dim() == 3 else "btkr,bkrs,btks->btk", code, gram, code)
         if self.bias is not None:
             bias = self.bias.float() if self.bias.dim() == 3 else self.bias.float().unsqueeze(0)  # (B|1, k, out)
-            mixed_dot = mixed_dot + torch.einsum("bto,bko->btk", mixed, bias.expand(mixed.shape[0], -1, -1))
-            base_dot = base_dot + torch.einsum("bto,bko->btk", base, bias.expand(base.shape[0], -1, -1))
+            dot = dot + torch.einsum("bto,bko->btk", mixed, bias.expand(mixed.shape[0], -1, -1))
             up_bias = torch.einsum("bkor,bko->bkr", up if up.dim() == 4 else up.unsqueeze(0), bias)  # (B|1, k, r)
             own_norm = own_norm + 2 * (code * up_bias[:, None]).sum(-1) + (bias**2).sum(-1)[:, None]
-        base_norm = (base**2).sum(-1, keepdim=True)  # (B, T, 1)
-        together = (mixed * base).sum(-1, keepdim=True) + mixed_dot  # mixed . (base + delta_k)
-        own = (base_norm + 2 * base_dot + own_norm).clamp_min(0).sqrt().clamp_min(1e-8)
-        cosine = together / (mixed.norm(dim=-1, keepdim=True).clamp_min(1e-8) * own)
+        own = own_norm.clamp_min(0).sqrt().clamp_min(1e-8)
+        cosine = dot / (mixed.norm(dim=-1, keepdim=True).clamp_min(1e-8) * own)
         return (1.0 - cosine).mean(dim=1)
 
 
