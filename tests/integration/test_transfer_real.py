@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from transferkit.backbone import load_backbone
 from transferkit.composition.transfer import TransferJob, transfer
@@ -64,6 +65,46 @@ def test_pemt_expert_stored_with_sources_gates_lineage_cost(transferred, sources
     cost = registry.get_run(expert.run_id).cost
     assert cost["wall_seconds"] > 0 and cost["steps"] == 12 and 11 * 16 < cost["examples"] <= 12 * 16
     assert set(expert.metrics["test"]) == {"accuracy", "macro_f1"}
+
+
+def test_pemt_uses_what_the_sources_know(transferred, sources):
+    expert = transferred.expert
+    # MNLI's labels are CB's by name: the head starts from MNLI's rows; SST-2's labels map to nothing.
+    head = expert.extra["head_init"]
+    assert head["used"] and [m["source"] for m in head["mappings"]] == [sources[0].name]
+    assert head["mappings"][0]["rows"] == {"entailment": ["entailment"], "contradiction": ["contradiction"], "neutral": ["neutral"]}
+    # Both tasks were trained here, so both carry a data embedding and the ranking shows both similarities.
+    for ranked in expert.extra["ranking"]:
+        assert ranked["description_similarity"] is not None and ranked["data_similarity"] is not None
+        assert ranked["similarity"] == pytest.approx((ranked["description_similarity"] + ranked["data_similarity"]) / 2, abs=1e-5)
+    zero = expert.extra["gate_weights"]["zero_expert"]
+    assert 0 < zero["mean"] < 1 and set(zero["per_layer"]) == set(expert.extra["gate_weights"]["per_layer"])
+    assert expert.extra["schedule"]["reason"].startswith("--max-steps 12 as given")
+    assert expert.extra["stop_reason"].startswith("completed all 12 steps")
+    outputs = expert.extra["test_outputs"]
+    accuracy = sum(p == y for p, y in zip(outputs["predictions"], outputs["labels"])) / len(outputs["labels"])
+    assert accuracy == pytest.approx(expert.metrics["test"]["accuracy"])
+
+
+def test_head_init_copies_the_mapped_source_rows(registry_url, sources, shared_data):
+    from transferkit.composition.selection import RankedSource
+    from transferkit.composition.transfer import initialise_head
+    from transferkit.methods import get_method
+    from transferkit.modeling import TaskModel
+    from transferkit.tasks import resolve_task
+    from transferkit.workflows import load_source_parts
+
+    registry, backbone = open_registry(registry_url), load_backbone(None)
+    parts = [load_source_parts(registry, source, backbone) for source in sources]
+    rte = resolve_task("rte")
+    model = TaskModel(backbone, get_method("adapter").build(get_method("adapter").config_class(), backbone), rte.num_labels)
+    record = initialise_head(model, rte, [RankedSource(s, 0.5) for s in sources], parts)
+    model.detach()
+    weight, bias = parts[0].head  # MNLI: entailment, neutral, contradiction
+    assert record["used"] and record["mappings"][0]["how"]["not_entailment"] == "negation of entailment"
+    assert torch.equal(model.head.linear.weight.data[0], weight[0])
+    assert torch.allclose(model.head.linear.weight.data[1], (weight[1] + weight[2]) / 2)
+    assert torch.allclose(model.head.linear.bias.data, torch.stack([bias[0], (bias[1] + bias[2]) / 2]))
 
 
 def test_stored_mixture_reloads_from_the_registry(transferred, registry_url, shared_data):

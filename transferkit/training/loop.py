@@ -382,7 +382,7 @@ def _patience_exhausted(state: LoopState, schedule: Schedule) -> bool:
 
 
 def _stop_reason(state: LoopState, schedule: Schedule, primary: str) -> str:
-    if _patience_exhausted(state, schedule):
+    if _patience_exhausted(state, schedule) and state.step < schedule.max_steps:
         return (
             f"early stop at step {state.step} of {schedule.max_steps}: dev {primary} did not improve for "
             f"{schedule.patience} evaluations; kept step {state.best_step}"
