@@ -17,6 +17,7 @@ from transferkit.training.schedule import (
     AUTO_EPOCHS,
     AUTO_EXAMPLE_BUDGET,
     AUTO_PATIENCE,
+    AUTO_TOKEN_BUDGET,
     evaluations_since_best,
     improved,
     plan_schedule,
@@ -36,12 +37,20 @@ def test_small_sets_get_many_epochs_and_large_sets_a_bounded_number_of_steps():
     assert "20 epochs" in cb.reason and "budget" in rte.reason and "early stopping after 5" in cb.reason
 
 
+def test_long_inputs_get_a_token_budget():
+    rte = plan_schedule(2490, 138, 32, train_tokens=2490 * 70)
+    assert rte.max_steps == math.ceil(AUTO_TOKEN_BUDGET / 70 / 32) and "800,000-token budget (70 tokens per example)" in rte.reason
+    sst2 = plan_schedule(66349, 1000, 32, train_tokens=66349 * 13)
+    assert sst2.max_steps == AUTO_EXAMPLE_BUDGET // 32  # short inputs: the example budget binds first
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 2_000_000), st.integers(1, 20_000), st.integers(1, 512))
-def test_adaptive_schedule_bounds_hold_for_any_size(train_size, dev_size, batch_size):
-    schedule = plan_schedule(train_size, dev_size, batch_size)
+@given(st.integers(1, 2_000_000), st.integers(1, 20_000), st.integers(1, 512), st.integers(1, 512))
+def test_adaptive_schedule_bounds_hold_for_any_size(train_size, dev_size, batch_size, mean_length):
+    schedule = plan_schedule(train_size, dev_size, batch_size, train_tokens=train_size * mean_length)
     examples = schedule.max_steps * batch_size
-    assert examples < min(AUTO_EPOCHS * train_size, AUTO_EXAMPLE_BUDGET) + batch_size  # never past either bound
+    bound = min(AUTO_EPOCHS * train_size, AUTO_EXAMPLE_BUDGET, math.ceil(AUTO_TOKEN_BUDGET / mean_length))
+    assert examples < bound + batch_size  # never past any bound by more than one batch
     assert schedule.max_steps >= 1 and 1 <= schedule.eval_every <= max(1, math.ceil(train_size / batch_size))
 
 

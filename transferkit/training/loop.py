@@ -266,7 +266,8 @@ def train(
     world, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(config.seed + rank)  # dropout masks differ across processes, as across the examples of one batch
     schedule = plan_schedule(
-        len(train_split), len(dev_split), config.batch_size, max_steps=config.max_steps, epochs=config.epochs,
+        len(train_split), len(dev_split), config.batch_size, train_tokens=int(train_split.lengths().sum()),
+        max_steps=config.max_steps, epochs=config.epochs,
         eval_every=config.eval_every, patience=config.patience,
     )
     total_steps, eval_every = schedule.max_steps, schedule.eval_every

@@ -4,7 +4,10 @@ Without `--max-steps` / `--epochs` a run gets the *adaptive* schedule: up to
 `AUTO_EPOCHS` passes over a small training set (Mosbach et al. 2021 and Zhang et
 al. 2021 find RTE/CB-sized sets need about 20 epochs with warm-up; most apparent
 instability is under-training), but never more than `AUTO_EXAMPLE_BUDGET` training
-examples, so a large set gets a bounded number of steps. The dev metric is measured
+examples nor `AUTO_TOKEN_BUDGET` training tokens, so a large set gets a bounded
+number of steps and a set of long inputs (RTE's pairs average ~70 tokens, SST-2's
+sentences ~13) a bounded amount of compute: a step costs about in proportion to its
+tokens. The dev metric is measured
 about `AUTO_EVALUATIONS` times over that budget (at least once per epoch, and never more
 often than once per dev set's worth of training examples, so evaluation, a forward pass
 only, stays a fraction of the training time), and training stops once it has not
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 AUTO_EPOCHS = 20
 AUTO_EXAMPLE_BUDGET = 32_000
+AUTO_TOKEN_BUDGET = 800_000
 AUTO_EVALUATIONS = 20
 AUTO_PATIENCE = 5
 # With an explicit budget and no --eval-every: this many evaluations per run.
@@ -48,10 +52,11 @@ class Schedule:
 
 
 def plan_schedule(
-    train_size: int, dev_size: int, batch_size: int, *, max_steps: int | None = None, epochs: float | None = None,
-    eval_every: int | None = None, patience: int | None = None,
+    train_size: int, dev_size: int, batch_size: int, *, train_tokens: int | None = None, max_steps: int | None = None,
+    epochs: float | None = None, eval_every: int | None = None, patience: int | None = None,
 ) -> Schedule:
-    """The schedule for a run on `train_size` examples; explicit settings win over the adaptive choice."""
+    """The schedule for a run on `train_size` examples holding `train_tokens` real tokens in all (None: not
+    bounded by tokens); explicit settings win over the adaptive choice."""
     steps_per_epoch = max(1, math.ceil(train_size / batch_size))
     if max_steps is not None or epochs is not None:
         steps = max_steps or max(1, math.ceil(steps_per_epoch * epochs))
@@ -60,14 +65,19 @@ def plan_schedule(
         stop = patience or None
         reason = f"{given} as given ({steps} steps)" + (f", early stopping after {stop} evaluations without improvement" if stop else "")
         return Schedule(steps, cadence, stop, adaptive=False, reason=reason)
-    examples = min(AUTO_EPOCHS * train_size, AUTO_EXAMPLE_BUDGET)
+    bounds = {f"{AUTO_EPOCHS} epochs": AUTO_EPOCHS * train_size, f"the {AUTO_EXAMPLE_BUDGET:,}-example budget": AUTO_EXAMPLE_BUDGET}
+    if train_tokens:
+        mean_length = train_tokens / max(1, train_size)
+        bounds[f"the {AUTO_TOKEN_BUDGET:,}-token budget ({mean_length:.0f} tokens per example)"] = math.ceil(
+            AUTO_TOKEN_BUDGET / mean_length
+        )
+    bound = min(bounds, key=lambda name: bounds[name])
+    examples = bounds[bound]
     steps = max(1, math.ceil(examples / batch_size))
     cadence = eval_every or min(steps_per_epoch, max(math.ceil(steps / AUTO_EVALUATIONS), _cheapest_eval_every(dev_size, batch_size)))
     stop = AUTO_PATIENCE if patience is None else (patience or None)
-    bound = (
-        f"{AUTO_EPOCHS} epochs" if AUTO_EPOCHS * train_size <= AUTO_EXAMPLE_BUDGET
-        else f"the {AUTO_EXAMPLE_BUDGET:,}-example budget ({examples / train_size:.1f} epochs)"
-    )
+    if not bound.endswith("epochs"):
+        bound += f": {examples / train_size:.1f} epochs"
     reason = f"adaptive: {train_size:,} training examples -> {bound}, {steps} steps of {batch_size}, dev every {cadence} steps"
     reason += f", early stopping after {stop} evaluations without improvement" if stop else ", no early stopping"
     return Schedule(steps, cadence, stop, adaptive=True, reason=reason)
