@@ -212,6 +212,7 @@ def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
                     gates.setdefault(source, []).append(weight)
             top = sorted(((statistics.mean(w), s) for s, w in gates.items()), reverse=True)[:3]
             zero = [e.extra["gate_weights"]["zero_expert"]["mean"] for e in experts if "zero_expert" in e.extra.get("gate_weights", {})]
+            entropy = [e.extra["gate_weights"]["entropy"] for e in experts if "entropy" in e.extra.get("gate_weights", {})]
             mine = outputs[strategy]
             interval = metric_interval(list(mine.values()), task, primary) if len(mine) == len(experts) else None
             baseline = outputs.get("scratch") or {}
@@ -232,6 +233,7 @@ def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
                     "steps": [e.extra.get("steps") for e in experts],
                     "top_gates": [{"source": s, "weight": round(w, 4)} for w, s in top],
                     "zero_expert_gate": round(statistics.mean(zero), 4) if zero else None,
+                    "gate_entropy": round(statistics.mean(entropy), 4) if entropy else None,
                     "experts": [e.id for e in experts],
                 }
             )

@@ -43,6 +43,7 @@ on real data in the README). With `learn_gate=False` the weights stay uniform (t
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -55,6 +56,17 @@ from transferkit.modeling import Composition
 
 GATE_INPUTS = ("states", "task")
 _LAYER_PATTERN = re.compile(r"^((?:.*?\.)?(?:layer|layers|h|block|blocks))\.(\d+)(?:\.|$)")
+
+
+def gate_entropy(per_layer: dict[str, list[float]]) -> float:
+    """Mean over layers of the entropy (nats) of the sources' shares of the gate (the zero expert's share left out,
+    as in the sparsity loss): 0 when each layer uses one source, log J when it spreads evenly over J."""
+    entropies = []
+    for weights in per_layer.values():
+        total = sum(weights)
+        shares = [w / total for w in weights if w > 0] if total > 0 else []
+        entropies.append(-sum(p * math.log(p) for p in shares))
+    return round(sum(entropies) / len(entropies), 6) if entropies else 0.0
 
 
 def layer_of(module_name: str) -> str:

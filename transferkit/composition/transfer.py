@@ -24,7 +24,7 @@ import torch
 from transferkit.backbone import Backbone, load_backbone
 from transferkit.composition.attempt import ATTEMPT_METHOD, AttemptConfig, AttemptExpert
 from transferkit.composition.heads import map_labels, mapped_head, mix_heads
-from transferkit.composition.mixture import SourceMixture
+from transferkit.composition.mixture import SourceMixture, gate_entropy
 from transferkit.composition.selection import RankedSource, TaskQuery, composable_methods, select_sources, target_embedding
 from transferkit.embedding import embed_task_data
 from transferkit.errors import InvalidInputError
@@ -310,6 +310,7 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
             "per_layer": gates,
             "mean": {r.expert.name: round(w, 6) for r, w in zip(ranking, mean)},
             "sources": [r.expert.name for r in ranking],
+            "entropy": gate_entropy(gates),
         }
         shares = trained.composition.zero_shares
         if shares:
