@@ -10,7 +10,7 @@ case-insensitively, in any order), or an explicit `label_map` from each expert l
 expert labels may map to one). Regression experts score regression tasks only. Anything else is refused
 with the two label sets named.
 
-Predictions come from `ExpertPredictor.logits`, the path `predict` uses, so the two agree on the same rows.
+Predictions come from `ExpertModel.logits`, the path `predict` uses, so the two agree on the same rows.
 The official metrics and a 95% interval of the primary one (bootstrap over the examples: one model, so a
 single-seed interval, `transferkit.tasks.intervals`) are stored as an evaluation record on the expert, with the
 data fingerprint (the split's sha256, or the file's and its examples').
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.errors import InvalidInputError
-from transferkit.inference import DEFAULT_BATCH_SIZE, ExpertInputs, ExpertPredictor, file_rows
+from transferkit.inference import DEFAULT_BATCH_SIZE, ExpertInputs, ExpertModel, file_rows
 from transferkit.registry import EvaluationRecord, RegistryStore
 from transferkit.task_registry import resolve_registered_task
 from transferkit.tasks import Example, TaskSpec, compute_metrics, load_splits, primary_metric
@@ -118,7 +118,7 @@ class ScoredData:
     seed: int | None
 
 
-def task_data(registry: RegistryStore, predictor: ExpertPredictor, job: EvaluationJob) -> ScoredData:
+def task_data(registry: RegistryStore, predictor: ExpertModel, job: EvaluationJob) -> ScoredData:
     """The examples of `job.task`'s split or of `job.data_file`, checked."""
     if (job.task is None) == (job.data_file is None):
         raise InvalidInputError("give a task (--task NAME) or a labelled file (--task path/to/file.csv), not both and not neither")
@@ -146,7 +146,7 @@ def task_data(registry: RegistryStore, predictor: ExpertPredictor, job: Evaluati
     return ScoredData(task, task.name, job.split, list(getattr(splits, job.split)), fingerprint, seed)
 
 
-def evaluate_expert(registry: RegistryStore, predictor: ExpertPredictor, job: EvaluationJob) -> EvaluationRecord:
+def evaluate_expert(registry: RegistryStore, predictor: ExpertModel, job: EvaluationJob) -> EvaluationRecord:
     """Score the loaded expert as `job` says and store the evaluation on it."""
     data = task_data(registry, predictor, job)
     mapping = label_mapping(predictor.inputs, data.task, job.label_map)

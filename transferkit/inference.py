@@ -1,7 +1,7 @@
 """Using a stored expert: load it as a ready model and predict labels, probabilities or scores for texts.
 
 `load_predictor(registry, expert)` rebuilds the expert on the backbone it was trained on (every artifact's
-sha256 checked, a mixture's sources too) and returns an `ExpertPredictor`. Its `predict(inputs)` takes one
+sha256 checked, a mixture's sources too) and returns an `ExpertModel`. Its `predict(inputs)` takes one
 text per input for single-text tasks, or a pair for pair tasks, tokenises them with the backbone's
 tokenizer at the expert's training max length, runs them in length-sorted batches (`predict_outputs`, the
 same path evaluation uses) and returns a `Prediction` per input, in order: the label, its softmax
@@ -26,7 +26,7 @@ import torch
 from transferkit.backbone import Backbone, load_backbone
 from transferkit.errors import DataError, InvalidInputError, NotFoundError
 from transferkit.modeling import HEAD_PREFIX, TaskModel
-from transferkit.registry import ExpertRecord, RegistryStore
+from transferkit.registry import ExpertRecord, RegistryStore, open_registry
 from transferkit.tasks import Example
 from transferkit.tasks.custom import table_rows
 from transferkit.training.data import TokenizedSplit, tokenize_examples
@@ -72,8 +72,9 @@ class ExpertInputs:
         return " and ".join(self.input_fields) if len(self.input_fields) > 1 else self.input_fields[0]
 
 
-class ExpertPredictor:
-    """A stored expert rebuilt as a ready model; `predict` texts, or `logits` for tokenised examples."""
+class ExpertModel:
+    """A stored expert rebuilt as a ready model: `ExpertModel.from_pretrained("sst2-lora")`, then `model("a fine film")`
+    or `model.predict([...])`; `logits` for examples."""
 
     def __init__(self, expert: ExpertRecord, model: TaskModel, backbone: Backbone, inputs: ExpertInputs, max_length: int) -> None:
         self.expert = expert
@@ -83,9 +84,24 @@ class ExpertPredictor:
         self.max_length = max_length
         model.detach()  # hooks go on only while this expert runs (see `_attached`)
 
+    @classmethod
+    def from_pretrained(
+        cls, expert: str, *, registry: str | RegistryStore | None = None, artifacts: str | Path | None = None,
+        model: str | None = None, precision: str = "fp32",
+    ) -> ExpertModel:
+        """Load a stored expert by id, id prefix, name or alias from a registry URL (default: the user's registry)."""
+        store = registry if isinstance(registry, RegistryStore) else open_registry(registry, artifacts)
+        return load_predictor(store, store.get_expert(expert), model=model, precision=precision)
+
+    def __call__(self, inputs: Input | Iterable[Input], batch_size: int = DEFAULT_BATCH_SIZE) -> Prediction | list[Prediction]:
+        """One prediction for one input (a text, or a pair as a tuple), else one per input, like a transformers pipeline."""
+        if isinstance(inputs, str) or (isinstance(inputs, tuple) and all(isinstance(t, str) for t in inputs)):
+            return self.predict([inputs], batch_size)[0]
+        return self.predict(inputs, batch_size)
+
     def __repr__(self) -> str:
         labels = "regression" if self.inputs.is_regression else ", ".join(self.inputs.label_names or ())
-        return (f"ExpertPredictor({self.expert.name!r}, task={self.inputs.task_name!r}, inputs={self.inputs.describe()!r}, "
+        return (f"ExpertModel({self.expert.name!r}, task={self.inputs.task_name!r}, inputs={self.inputs.describe()!r}, "
                 f"labels=[{labels}], precision={self.model.precision!r})")
 
     @contextlib.contextmanager
@@ -162,7 +178,7 @@ def recorded_model(registry: RegistryStore, expert: ExpertRecord) -> str | None:
 
 def load_predictor(
     registry: RegistryStore, expert: ExpertRecord, *, model: str | None = None, precision: str = "fp32",
-) -> ExpertPredictor:
+) -> ExpertModel:
     """Rebuild `expert` (verified) on its backbone, or on `model`, which must be the same weights."""
     if precision not in PRECISIONS:
         raise InvalidInputError(f"--precision must be fp32 or bf16, got {precision!r}")
@@ -177,7 +193,7 @@ def load_predictor(
         raise InvalidInputError(f"expert {expert.name} has {head.shape[0]} outputs but its task names {len(inputs.label_names)} labels")
     hyperparams = registry.get_run(expert.run_id).hyperparams
     max_length = hyperparams.get("max_length") if isinstance(hyperparams.get("max_length"), int) else DEFAULT_MAX_LENGTH
-    return ExpertPredictor(expert, task_model, backbone, inputs, max_length)
+    return ExpertModel(expert, task_model, backbone, inputs, max_length)
 
 
 def file_inputs(path: Path, inputs: ExpertInputs, columns: dict[str, str] | None = None) -> list[tuple[str, tuple[str, ...]]]:
