@@ -140,6 +140,7 @@ def task_data(registry: RegistryStore, predictor: ExpertModel, job: EvaluationJo
     if job.columns:
         raise InvalidInputError("--column maps a labelled file's columns; a task's examples need none")
     task = resolve_registered_task(registry, job.task)
+    label_mapping(predictor.inputs, task, job.label_map)  # refuse incompatible labels before reading any data
     seed = job.seed if job.seed is not None else (registry.get_run(predictor.expert.run_id).seed or DEFAULT_SEED)
     splits = load_splits(task, job.data_dir, seed=seed)
     fingerprint = {**splits.to_dict(), "split": job.split, "split_fingerprint": splits.split_fingerprints[job.split]}
