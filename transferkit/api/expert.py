@@ -100,14 +100,17 @@ class Expert:
 
     def evaluate(
         self, task: str | None = None, *, file: str | Path | None = None, split: str = "test",
-        label_map: dict[str, str] | None = None, seed: int | None = None, batch_size: int = 64, show_progress: bool = False,
+        label_map: dict[str, str] | None = None, seed: int | None = None, columns: dict[str, str] | None = None,
+        label_column: str = "label", batch_size: int = 64, show_progress: bool = False,
     ) -> EvaluationRecord:
-        """Score on a task's split or a labelled file; the result is stored on the expert and returned."""
+        """Score on a task's split or a labelled file (its columns named like the task's inputs, or mapped with
+        `columns` {input field: column}); the result is stored on the expert and returned."""
         from transferkit.evaluation import EvaluationJob, evaluate_expert
 
         job = EvaluationJob(
             task=task, data_file=Path(file) if file is not None else None, split=split, label_map=dict(label_map or {}),
-            seed=seed, data_dir=self.registry.data_dir, batch_size=batch_size, show_progress=show_progress,
+            seed=seed, data_dir=self.registry.data_dir, batch_size=batch_size, columns=dict(columns or {}),
+            label_column=label_column, show_progress=show_progress,
         )
         model = self._model or self.load()
         return evaluate_expert(self.registry.store, model, job)
