@@ -213,6 +213,7 @@ def file_rows(
     named = [mapping.get(field, field) for field in inputs.input_fields]
     candidates = [named] if mapping else [named, list(HF_COLUMNS[: len(named)])]
     extra = [label_column] if label_column else []
+    first_error: DataError | None = None
     for attempt, wanted in enumerate(candidates, start=1):
         try:
             rows = list(table_rows(path, [*wanted, *extra]))
@@ -222,9 +223,10 @@ def file_rows(
                 raise DataError(f"{where}: no column {missing!r} (columns: {', '.join(map(str, row))})")
             break
         except DataError as error:
+            first_error = first_error or error  # the task's own column names are what to report
             if attempt == len(candidates) or "no column" not in str(error):
                 hint = f"; name the columns like the task's inputs ({inputs.describe()}) or map them with --column FIELD=COLUMN"
-                raise InvalidInputError(f"{error}{hint if 'no column' in str(error) else ''}") from None
+                raise InvalidInputError(f"{first_error}{hint if 'no column' in str(first_error) else ''}") from None
     if not rows:
         raise InvalidInputError(f"{path} holds no rows")
     for where, row in rows:
