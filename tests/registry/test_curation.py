@@ -145,3 +145,16 @@ def test_evaluations_are_stored_ranked_and_deleted_with_their_expert(store, regi
     assert [e.name for e, _ in store.best_on(OTHER_TASK)] == ["bad"]
     with pytest.raises(NotFoundError):
         store.add_evaluation(expert_id=good.id, metrics={"accuracy": 1.0}, **common)
+
+
+def test_a_deleted_experts_spent_cost_stays_counted(store, register):
+    from transferkit.accounting import deleted_experts_cost, expert_costs
+
+    kept = register("kept", cost={"wall_seconds": 5.0})
+    gone = register("gone", cost={"wall_seconds": 7.0})
+    assert deleted_experts_cost(store)["runs"] == 0
+    store.delete_expert(gone.id)
+    assert [c.name for c in expert_costs(store)] == ["kept"]
+    spent = deleted_experts_cost(store)
+    assert (spent["runs"], spent["run_ids"], spent["wall_seconds"]) == (1, [gone.run_id], 7.0)
+    assert store.get_run(kept.run_id).status == store.get_run(gone.run_id).status == "finished"
