@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 import math
 import uuid
+from dataclasses import fields
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
@@ -85,8 +86,6 @@ class SqlEvaluations(EvaluationStore):
         return {i: int(counts.get(i, 0)) for i in ids}
 
     def best_on(self, task_name: str, *, split: str | None = None, limit: int = 50) -> list[tuple[ExpertRecord, EvaluationRecord]]:
-        from transferkit.registry.store import expert_entity  # the store module imports this one
-
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
         conditions = [EvaluationRow.task_name == task_name] + ([EvaluationRow.split == split] if split else [])
@@ -105,7 +104,11 @@ class SqlEvaluations(EvaluationStore):
             .limit(limit)
         )
         with self._transaction() as session:
-            return [(expert_entity(expert), _record(evaluation)) for expert, evaluation in session.execute(query)]
+            return [(_expert(expert), _record(evaluation)) for expert, evaluation in session.execute(query)]
+
+
+def _expert(row: ExpertRow) -> ExpertRecord:
+    return ExpertRecord(**{f.name: getattr(row, f.name) for f in fields(ExpertRecord)})
 
 
 def _record(row: EvaluationRow) -> EvaluationRecord:

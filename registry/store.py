@@ -1010,11 +1010,6 @@ def _entity(cls: type[E], row: Any, **overrides: Any) -> E:
     return cls(**{f.name: overrides[f.name] if f.name in overrides else getattr(row, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
-def expert_entity(row: ExpertRow) -> ExpertRecord:
-    """The record of an expert row (for the curation and evaluation modules, which query experts themselves)."""
-    return _entity(ExpertRecord, row)
-
-
 def _run_entity(row: RunRow) -> RunRecord:
     typed = {key: getattr(row, key) for key in COST_COLUMNS if getattr(row, key) is not None}
     return _entity(RunRecord, row, cost={**typed, **row.cost_extra})
