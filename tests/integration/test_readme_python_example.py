@@ -22,7 +22,7 @@ def readme_example() -> str:
 
 
 def test_the_example_is_ten_lines():
-    assert len([line for line in readme_example().splitlines() if line.strip()]) == 10
+    assert len(readme_example().splitlines()) == 10
 
 
 def test_the_readme_python_example_runs_as_written(tmp_path, shared_data):
