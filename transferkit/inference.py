@@ -170,10 +170,17 @@ def expert_inputs(registry: RegistryStore, expert: ExpertRecord) -> ExpertInputs
     return ExpertInputs(expert.task_name, tuple(fields), tuple(names) if names else None)
 
 
-def recorded_model(registry: RegistryStore, expert: ExpertRecord) -> str | None:
-    """The `--model` the expert was trained with (None: the packaged default)."""
-    run = registry.get_run(expert.run_id)
-    return (run.hyperparams.get("job") or {}).get("model")
+def recorded_model(registry: RegistryStore, expert: ExpertRecord, depth: int = 8) -> str | None:
+    """The `--model` the expert was trained with (None: the packaged default). A run that records no job (merge,
+    import) takes it from a lineage parent on the same backbone, e.g. the mixture a merged expert was made from."""
+    job = registry.get_run(expert.run_id).hyperparams.get("job")
+    if isinstance(job, dict):
+        return job.get("model")
+    for edge in registry.lineage_edges(expert.id)["parents"] if depth else []:
+        parent = registry.get_expert(edge.parent_id)
+        if parent.backbone_id == expert.backbone_id:
+            return recorded_model(registry, parent, depth - 1)
+    return None
 
 
 def load_predictor(

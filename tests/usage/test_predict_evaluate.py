@@ -133,3 +133,23 @@ def test_bf16_predictions_are_valid(registry):
     assert prediction.label in ("entailment", "not_entailment") and 0.5 <= prediction.score <= 1.0
     assert np.isclose(sum(prediction.probabilities.values()), 1.0, atol=1e-3)
     json.dumps(prediction.to_dict())
+
+
+def test_a_merged_expert_predicts_what_its_mixture_predicts(tiny_experts, shared_data, tmp_path, tiny_model_dir):
+    from transferkit.composition.merge import merge_expert
+    from transferkit.composition.transfer import TransferJob, transfer
+    from transferkit.training.loop import TrainingConfig
+
+    url = copy_registry(tiny_experts[0], tmp_path / "copy")
+    with transferkit.Registry(url, data_dir=shared_data) as registry:
+        mixture = transfer(registry.store, TransferJob(
+            target="cb", strategy="pemt", gate_input="task", sources=["tiny-rte", "tiny-mrpc"], model=str(tiny_model_dir),
+            data_dir=shared_data, name="tiny-cb-taskgate", max_train_examples=16, show_progress=False,
+            training=TrainingConfig(max_steps=2, batch_size=8, eval_batch_size=256, seed=3),
+        )).expert
+        merged, _ = merge_expert(registry.store, mixture.id, data_dir=shared_data, name=None, command=["test"])
+        pairs = [("It rained.", "The ground is wet."), ("He left early.", "He stayed until the end."), ("A dog barks.", "An animal makes noise.")]
+        composed, collapsed = registry.predict(mixture.id, pairs), registry.predict(merged.id, pairs)
+        assert [p.label for p in collapsed] == [p.label for p in composed]
+        for a, b in zip(composed, collapsed):
+            assert b.probabilities == pytest.approx(a.probabilities, abs=1e-4)
