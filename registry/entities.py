@@ -123,7 +123,7 @@ class ExpertCuration(_Record):
     aliases: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class EvaluationRecord(_Record):
     """An expert scored on a task's split or a labelled file: official metrics, 95% interval, the data it saw."""
 
@@ -139,6 +139,13 @@ class EvaluationRecord(_Record):
     data_fingerprint: dict
     details: dict  # seed, label mapping, precision, max length, command
     created_at: datetime
+
+    def __repr__(self) -> str:  # one readable line in a notebook; to_dict() has everything
+        interval = self.interval or {}
+        bounds = f" [{interval['low']:.4f}, {interval['high']:.4f}]" if "low" in interval else ""
+        score = "n/a" if self.score is None else f"{self.score:.4f}"
+        return (f"EvaluationRecord(id={self.id!r}, expert_id={self.expert_id!r}, {self.task_name} {self.split}: "
+                f"{self.metric}={score}{bounds}, examples={self.examples})")
 
 
 @dataclass(frozen=True)
