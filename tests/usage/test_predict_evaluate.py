@@ -15,9 +15,9 @@ from transferkit.tasks import compute_metrics, load_splits, resolve_task
 
 
 @pytest.fixture
-def registry(tiny_experts, shared_data):
-    url, _ = tiny_experts
-    with transferkit.Registry(url, data_dir=shared_data) as opened:
+def registry(tiny_experts, shared_data, tmp_path):
+    """A copy of the tiny registry: evaluations and aliases written here stay out of the shared one."""
+    with transferkit.Registry(copy_registry(tiny_experts[0], tmp_path / "registry"), data_dir=shared_data) as opened:
         yield opened
 
 
