@@ -137,19 +137,25 @@ def test_bf16_predictions_are_valid(registry):
 
 def test_a_merged_expert_predicts_what_its_mixture_predicts(tiny_experts, shared_data, tmp_path, tiny_model_dir):
     from transferkit.composition.merge import merge_expert
-    from transferkit.composition.transfer import TransferJob, transfer
-    from transferkit.training.loop import TrainingConfig
 
     url = copy_registry(tiny_experts[0], tmp_path / "copy")
     with transferkit.Registry(url, data_dir=shared_data) as registry:
-        mixture = transfer(registry.store, TransferJob(
-            target="cb", strategy="pemt", gate_input="task", sources=["tiny-rte", "tiny-mrpc"], model=str(tiny_model_dir),
-            data_dir=shared_data, name="tiny-cb-taskgate", max_train_examples=16, show_progress=False,
-            training=TrainingConfig(max_steps=2, batch_size=8, eval_batch_size=256, seed=3),
-        )).expert
+        mixture = registry.transfer(
+            "cb", strategy="pemt", gate_input="task", sources=["tiny-rte", registry.get("tiny-mrpc")], model=str(tiny_model_dir),
+            name="tiny-cb-taskgate", max_train_examples=16, max_steps=2, batch_size=8, seed=3,
+        )
+        assert mixture.method == "mixture" and mixture.record.config["gate_input"] == "task"
         merged, _ = merge_expert(registry.store, mixture.id, data_dir=shared_data, name=None, command=["test"])
         pairs = [("It rained.", "The ground is wet."), ("He left early.", "He stayed until the end."), ("A dog barks.", "An animal makes noise.")]
         composed, collapsed = registry.predict(mixture.id, pairs), registry.predict(merged.id, pairs)
         assert [p.label for p in collapsed] == [p.label for p in composed]
         for a, b in zip(composed, collapsed):
             assert b.probabilities == pytest.approx(a.probabilities, abs=1e-4)
+
+
+def test_search_and_compare_through_the_api(registry, tiny_model_dir):
+    [nearest, *_] = registry.search("Does the first sentence entail the second?", limit=3)
+    assert nearest["task"] in ("glue/rte", "superglue/cb", "glue/mrpc") and all(e.task == nearest["task"] for e in nearest["experts"])
+    [row] = registry.compare(["cb"], strategies=["scratch"], seeds=[1], grid="api", max_steps=2, model=str(tiny_model_dir))
+    assert (row["target"], row["strategy"], row["seeds"]) == ("superglue/cb", "scratch", 1)
+    assert registry.get("api-cb-scratch-s1").task == "superglue/cb"
