@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from transferkit.errors import InvalidInputError, NotFoundError, RegistryError
-from transferkit.registry.entities import Deletion, Dependent, ExpertCuration, ExpertRecord
+from transferkit.registry.entities import Deletion, Dependent, ExpertCuration
 from transferkit.registry.rows import EvaluationRow, ExpertAliasRow, ExpertRow, ExpertTagRow, LineageEdgeRow
 
 MAX_TAG_KEY = 250

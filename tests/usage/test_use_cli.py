@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cli_helpers import EXECUTABLE, assert_one_line_error, run_cli
 from interop_helpers import copy_registry
-
-import subprocess
 
 PAIRS = [("A man is sleeping.", "A person sleeps."), ("It rained all day.", "The ground is dry."), ("Cats purr.", "Cats make sounds.")]
 
@@ -25,8 +25,6 @@ def cli(tiny_experts, shared_data, tmp_path):
         env = {"TRANSFERKIT_REGISTRY": url, "TRANSFERKIT_DATA_DIR": str(shared_data)}
         if stdin is None:
             return run_cli(*args, cwd=tmp_path, env_extra=env)
-        import os
-
         return subprocess.run([EXECUTABLE, *args], cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
                               input=stdin, capture_output=True, text=True, timeout=600)
 
