@@ -1,4 +1,4 @@
-# One command each: `make demo` (set up + train a small expert + list/inspect), `make test` (set up + all tests).
+# One command each: `make demo` (set up + train a small expert + list/inspect/predict), `make test` (set up + all tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,7 +23,9 @@ demo: setup
 	@id=$$($(BIN)/transferkit train-source glue/sst2 --method lora --max-steps 60 --json \
 		| $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["expert"]["id"])') && \
 	$(BIN)/transferkit list && \
-	$(BIN)/transferkit inspect $$id
+	$(BIN)/transferkit inspect $$id && \
+	$(BIN)/transferkit predict $$id "a gripping, funny and moving film" --jsonl -q && \
+	printf 'two hours I will never get back\n' | $(BIN)/transferkit predict $$id --jsonl -q
 
 test: setup-dev
 	$(BIN)/pytest -q

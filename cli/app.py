@@ -416,43 +416,6 @@ def _compare_methods(
     out.print(table)
 
 
-@app.command("list")
-def list_command(
-    ctx: typer.Context,
-    task: Annotated[Optional[str], typer.Option(help="Only experts of this task.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Only experts of this method.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
-    offset: Annotated[int, typer.Option(help="Skip this many rows (newest first).")] = 0,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List stored experts, newest first."""
-    options = global_options(ctx, registry, None)
-    if not (1 <= limit < 2**63 and 0 <= offset < 2**63):  # SQL LIMIT/OFFSET are 64-bit integers
-        raise TransferkitError("--limit must be at least 1 and --offset at least 0 (both below 2^63)")
-    store = open_store(options)
-    task_name = None
-    if task is not None:
-        from transferkit.task_registry import resolve_registered_task
-
-        task_name = resolve_registered_task(store, task).name
-    experts = store.list_experts(task_name=task_name, method=method, limit=limit, offset=offset)
-    if as_json:
-        print_json([e.to_dict() for e in experts])
-        return
-    total = store.count_experts(task_name=task_name, method=method)
-    table = Table(title=f"experts ({len(experts)} of {total})")
-    for column in ("id", "name", "task", "method", "params", "dev", "test", "backbone", "created"):
-        table.add_column(column, overflow="fold")
-    for e in experts:
-        table.add_row(
-            e.id, e.name, e.task_name, e.method, f"{e.trainable_params:,}",
-            primary_value(e.metrics, "dev"), primary_value(e.metrics, "test"), e.backbone_id,
-            e.created_at.strftime("%Y-%m-%d %H:%M"),
-        )
-    out.print(table)
-
-
 def _expert_details(store, expert, verify: bool = True) -> dict:
     if verify:
         store.verify_artifact(expert)
@@ -467,6 +430,8 @@ def _expert_details(store, expert, verify: bool = True) -> dict:
         "cost": run.cost,
         **_cost_details(store, expert),
         "lineage": {k: [edge.to_dict() for edge in v] for k, v in edges.items()},
+        "curation": store.curation(expert.id).to_dict(),
+        "evaluations": [evaluation.to_dict() for evaluation in store.list_evaluations(expert_id=expert.id)],
     }
 
 
@@ -483,12 +448,12 @@ def _cost_details(store, expert) -> dict:
 @app.command("inspect")
 def inspect_command(
     ctx: typer.Context,
-    expert: Annotated[str, typer.Argument(help="Expert id, id prefix or name.")],
+    expert: Annotated[str, typer.Argument(help="Expert id, id prefix, name or alias.")],
     registry: RegistryOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Everything known about one expert; verifies its artifact's sha256."""
+    """Everything known about one expert (curation and stored evaluations too); verifies its artifact's sha256."""
     store = open_store(global_options(ctx, registry, None, artifacts))
     record = store.get_expert(expert)
     details = _expert_details(store, record)
@@ -568,6 +533,9 @@ def _render_inspect(details: dict) -> None:
         ))
     if e["extra"].get("ranking"):
         rows.append(("source ranking", ", ".join(_ranking_entry(r) for r in e["extra"]["ranking"])))
+    from transferkit.cli.listing import curation_rows
+
+    rows += curation_rows(details)
     for parent in details["lineage"]["parents"]:
         rows.append(("parent", f"{parent['parent_id']} role {parent['role']} weight {parent['weight']}"))
     for child in details["lineage"]["children"]:
@@ -578,9 +546,22 @@ def _render_inspect(details: dict) -> None:
 
 
 # Commands defined in sibling modules (which import `transferkit.cli.common`, never this module).
-from transferkit.cli import cost, gc, interop, lineage, merge, report, search, task  # noqa: E402 - registered onto the `app` defined above
+from transferkit.cli import (  # noqa: E402 - registered onto the `app` defined above
+    cost,
+    curation,
+    gc,
+    interop,
+    lineage,
+    merge,
+    report,
+    listing,
+    search,
+    serve,
+    task,
+    use,
+)
 
-for _commands in (lineage, cost, report, merge, search, interop, gc, task):
+for _commands in (listing, lineage, cost, report, merge, search, interop, gc, task, use, curation, serve):
     _commands.register(app)
 
 

@@ -59,7 +59,7 @@ def cost_command(
     as_json: JsonOption = False,
 ) -> None:
     """Training cost totals: own cost, and amortized cost (own + an equal share of every source used)."""
-    from transferkit.accounting import GROUPINGS, RULE, aggregate, expert_costs
+    from transferkit.accounting import GROUPINGS, RULE, aggregate, deleted_experts_cost, expert_costs
 
     if by not in GROUPINGS:
         raise InvalidInputError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
@@ -67,8 +67,9 @@ def cost_command(
     store = open_store(global_options(ctx, registry, None))
     costs = expert_costs(store, task_name=task, since=moment)
     groups = aggregate(costs, by)
+    deleted = deleted_experts_cost(store) if task is None and since is None else None  # runs, not experts: not filterable
     if as_json:
-        print_json({"by": by, "rule": RULE, "groups": groups, "experts": [c.to_dict() for c in costs]})
+        print_json({"by": by, "rule": RULE, "groups": groups, "experts": [c.to_dict() for c in costs], "deleted_experts": deleted})
         return
     table = Table(title=f"training cost by {by} ({len(costs)} experts)")
     for column in ("group", "experts", "wall s", "device-s", "GPU-h", "energy J", "TFLOPs", "money", "amortized wall s", "amortized TFLOPs"):
@@ -81,4 +82,6 @@ def cost_command(
             _number(own["money"], digits=4), _number(amortized["wall_seconds"]), _number(amortized["train_flops"], 1e12, 3),
         )
     out.print(table)
+    if deleted and deleted["runs"]:
+        out.print(f"spent on {deleted['runs']} deleted expert(s) (their runs are kept): {cost_summary({**deleted, 'partial': []})}")
     out.print(f"amortized: {RULE}")

@@ -116,5 +116,7 @@ def _print_import(summary: dict, as_json: bool) -> None:
         out.print(f"imported {expert['name']} ({expert['id']}) from {summary['path']}", markup=False, highlight=False)
     for expert in summary["already_present"]:
         out.print(f"already present: {expert['name']} ({expert['id']})", markup=False, highlight=False)
+    for alias in summary.get("aliases_not_moved", []):
+        out.print(f"alias {alias} kept where it points in this registry (move it with `transferkit alias set`)", markup=False, highlight=False)
     for note in (summary.get("imported_from") or {}).get("dropped", []):
         out.print(f"not imported: {note}", markup=False, highlight=False)

@@ -7,6 +7,10 @@ Open one with `open_registry()`; everything it returns is a plain record from
 from transferkit.registry.artifacts import ArtifactStore, FsspecArtifactStore, LocalArtifactStore, open_artifact_store
 from transferkit.registry.entities import (
     RUN_STATUSES,
+    Deletion,
+    Dependent,
+    EvaluationRecord,
+    ExpertCuration,
     ExpertGroup,
     ExpertRecord,
     LineageEdge,
@@ -20,6 +24,10 @@ from transferkit.registry.store import ExpertReader, RegistryStore, SqlAlchemySt
 __all__ = [
     "RUN_STATUSES",
     "ArtifactStore",
+    "Deletion",
+    "Dependent",
+    "EvaluationRecord",
+    "ExpertCuration",
     "ExpertGroup",
     "ExpertReader",
     "ExpertRecord",

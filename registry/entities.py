@@ -7,7 +7,7 @@ JSON form used by `--json` output (datetimes as ISO 8601 strings).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -111,3 +111,63 @@ class TaskExperts(_Record):
     task_name: str
     count: int
     best: list[ExpertRecord]
+
+
+@dataclass(frozen=True)
+class ExpertCuration(_Record):
+    """What people added to an expert: a note, MLflow-style tags (key -> value, '' for a bare key) and its aliases."""
+
+    expert_id: str
+    note: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, repr=False)
+class EvaluationRecord(_Record):
+    """An expert scored on a task's split or a labelled file: official metrics, 95% interval, the data it saw."""
+
+    id: str
+    expert_id: str
+    task_name: str  # a registered/catalog task, or "file:<file name>" for a labelled file
+    split: str  # dev | test | file
+    metric: str  # the primary metric
+    score: float | None
+    metrics: dict
+    interval: dict | None  # {"mean", "low", "high"} of the primary metric over test examples (bootstrap)
+    examples: int
+    data_fingerprint: dict
+    details: dict  # seed, label mapping, precision, max length, command
+    created_at: datetime
+
+    def __repr__(self) -> str:  # one readable line in a notebook; to_dict() has everything
+        interval = self.interval or {}
+        bounds = f" [{interval['low']:.4f}, {interval['high']:.4f}]" if "low" in interval else ""
+        score = "n/a" if self.score is None else f"{self.score:.4f}"
+        return (f"EvaluationRecord(id={self.id!r}, expert_id={self.expert_id!r}, {self.task_name} {self.split}: "
+                f"{self.metric}={score}{bounds}, examples={self.examples})")
+
+
+@dataclass(frozen=True)
+class Dependent(_Record):
+    """An expert built from another through lineage, and whether it still works once that parent is gone."""
+
+    child_id: str
+    child_name: str
+    role: str
+    needs_parent_to_load: bool  # a mixture reads its sources at load time; spot/merged children hold their own copy
+
+
+@dataclass(frozen=True)
+class Deletion(_Record):
+    """What `delete` removed and what it left behind."""
+
+    expert_id: str
+    expert_name: str
+    run_id: str  # kept: the run and its cost stay recorded
+    artifact_uri: str
+    artifact_shared: bool  # another expert has the same bytes, so the blob stays referenced
+    orphaned: list[Dependent]
+    aliases: list[str]
+    tags: dict[str, str]
+    evaluations: int

@@ -167,6 +167,8 @@ class ExpertRow(Base):
     run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     extra: Mapped[dict] = mapped_column(JSON)
+    # A person's description of the expert (migration 0005); curation, so not part of `ExpertRecord`.
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 class LineageEdgeRow(Base):
@@ -177,3 +179,42 @@ class LineageEdgeRow(Base):
     child_id: Mapped[str] = mapped_column(String(32), ForeignKey("experts.id"), primary_key=True, index=True)
     role: Mapped[str] = mapped_column(String(50), primary_key=True)
     weight: Mapped[float | None] = mapped_column(Float)
+
+
+class ExpertTagRow(Base):
+    """An MLflow-style tag of an expert; a bare key has the value ''."""
+
+    __tablename__ = "expert_tags"
+
+    expert_id: Mapped[str] = mapped_column(String(32), ForeignKey("experts.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True, index=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class ExpertAliasRow(Base):
+    """A name pointing at one expert; the alias is the key, so moving it rewrites one row."""
+
+    __tablename__ = "expert_aliases"
+
+    alias: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expert_id: Mapped[str] = mapped_column(String(32), ForeignKey("experts.id"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class EvaluationRow(Base):
+    """An expert scored on a task split or a labelled file."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expert_id: Mapped[str] = mapped_column(String(32), ForeignKey("experts.id"), index=True)
+    task_name: Mapped[str] = mapped_column(String(200), index=True)  # a task, or "file:<name>" for a labelled file
+    split: Mapped[str] = mapped_column(String(16))
+    metric: Mapped[str] = mapped_column(String(50))  # the primary metric
+    score: Mapped[float | None] = mapped_column(Float)  # its value, for ranking in SQL
+    metrics: Mapped[dict] = mapped_column(JSON)
+    interval: Mapped[dict | None] = mapped_column(JSON)
+    examples: Mapped[int] = mapped_column(Integer)
+    data_fingerprint: Mapped[dict] = mapped_column(JSON)
+    details: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

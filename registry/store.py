@@ -56,8 +56,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from transferkit.errors import ArtifactCorruptError, InvalidInputError, NotFoundError, RegistryError
 from transferkit.registry.artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store, safetensors_metadata
+from transferkit.registry.curation import CurationStore, SqlCuration, restore_curation
 from transferkit.registry.entities import (
     RUN_STATUSES,
+    ExpertCuration,
     ExpertGroup,
     ExpertRecord,
     LineageEdge,
@@ -67,8 +69,18 @@ from transferkit.registry.entities import (
     TaskRecord,
 )
 from transferkit.registry.liveness import abandonment, current_process
+from transferkit.registry.evaluations import EvaluationStore, SqlEvaluations
 from transferkit.registry.migrate import upgrade_to_head
-from transferkit.registry.rows import COST_COLUMNS, CounterRow, ExpertRow, LineageEdgeRow, RunRow, TaskRow
+from transferkit.registry.rows import (
+    COST_COLUMNS,
+    CounterRow,
+    ExpertAliasRow,
+    ExpertRow,
+    ExpertTagRow,
+    LineageEdgeRow,
+    RunRow,
+    TaskRow,
+)
 
 if TYPE_CHECKING:  # torch is imported lazily: `transferkit list` should not pay for it
     import torch
@@ -107,8 +119,8 @@ class ExpertReader(Protocol):
 MAX_LINEAGE_DEPTH = 1_000_000
 
 
-class RegistryStore(abc.ABC):
-    """What the rest of transferkit may ask of a registry, whatever stores it."""
+class RegistryStore(CurationStore, EvaluationStore, abc.ABC):
+    """What the rest of transferkit may ask of a registry, whatever stores it (curation and evaluations in their own modules)."""
 
     # Expert blobs; training checkpoints of unfinished runs live in `checkpoint_root / <run id>`.
     artifacts: ArtifactStore
@@ -204,8 +216,12 @@ class RegistryStore(abc.ABC):
         runs: Sequence[RunRecord],
         experts: Sequence[tuple[ExpertRecord, bytes]],
         edges: Sequence[LineageEdge],
+        curation: Sequence[ExpertCuration] = (),
     ) -> list[ExpertRecord]:
         """Add records written by another registry exactly as they are (ids, names, times, cost), in one transaction.
+
+        `curation` (notes, tags, aliases of the given experts) is merged in the same transaction: a note where the
+        expert has none, tags set, aliases that are free here (`transferkit.registry.curation.restore_curation`).
 
         `experts` pairs each expert with its artifact bytes; `edges` are the lineage edges into those experts.
         Tasks, runs and experts already stored with the same content are kept as they are. A stored record with
@@ -225,11 +241,12 @@ class RegistryStore(abc.ABC):
         method: str | None = None,
         backbone_id: str | None = None,
         exclude_run_kind: str | None = None,
+        tag: tuple[str, str | None] | None = None,
         order: str = "newest",
         limit: int | None = None,
         offset: int = 0,
     ) -> list[ExpertRecord]:
-        """Experts matching all given filters, one page at a time.
+        """Experts matching all given filters, one page at a time; `tag` is (key, value), value None for any value.
 
         `order="newest"`: newest first; `"best"`: highest primary dev metric first (experts without one last),
         then newest. `exclude_run_kind` drops experts made by runs of that kind (e.g. "transfer").
@@ -237,7 +254,8 @@ class RegistryStore(abc.ABC):
 
     @abc.abstractmethod
     def count_experts(
-        self, *, task_name: str | None = None, method: str | None = None, backbone_id: str | None = None
+        self, *, task_name: str | None = None, method: str | None = None, backbone_id: str | None = None,
+        tag: tuple[str, str | None] | None = None,
     ) -> int:
         """How many experts match the filters (for 'n of total' displays)."""
 
@@ -319,7 +337,7 @@ class RegistryStore(abc.ABC):
         """
 
 
-class SqlAlchemyStore(RegistryStore):
+class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
     """A registry in any SQLAlchemy database, with artifacts in a content-addressed store (folder or fsspec URL)."""
 
     def __init__(
@@ -590,8 +608,12 @@ class SqlAlchemyStore(RegistryStore):
         runs: Sequence[RunRecord],
         experts: Sequence[tuple[ExpertRecord, bytes]],
         edges: Sequence[LineageEdge],
+        curation: Sequence[ExpertCuration] = (),
     ) -> list[ExpertRecord]:
         given = {expert.id for expert, _ in experts}
+        strangers = sorted({item.expert_id for item in curation} - given)
+        if strangers:
+            raise InvalidInputError(f"curation is given for experts that are not being restored: {', '.join(strangers)}")
         for task in tasks:
             _require_name(task.name, "task name")
         for expert, blob in experts:
@@ -639,6 +661,9 @@ class SqlAlchemyStore(RegistryStore):
                 for e in edges if e.child_id in added
             )
             session.flush()
+            taken = dict(session.execute(select(ExpertAliasRow.alias, ExpertAliasRow.expert_id)).all())
+            restore_curation(session, curation, taken)
+            session.flush()
             return [expert for expert, _ in new_experts]
 
     def get_expert(self, id_or_name: str) -> ExpertRecord:
@@ -646,6 +671,9 @@ class SqlAlchemyStore(RegistryStore):
             row = session.get(ExpertRow, id_or_name) or session.scalar(
                 select(ExpertRow).where(ExpertRow.name == id_or_name)
             )
+            if row is None:  # an alias (transferkit.registry.curation): names win, so an alias never hides one
+                row = session.scalar(select(ExpertRow).join(ExpertAliasRow, ExpertAliasRow.expert_id == ExpertRow.id)
+                                     .where(ExpertAliasRow.alias == id_or_name))
             if row is None and len(id_or_name) >= MIN_ID_PREFIX and _HEX.fullmatch(id_or_name):
                 # Ids are lowercase hex: a case-insensitive prefix on every backend, as an index range scan.
                 # Every hex string starting with the prefix sorts between it and prefix + "g" (in C and
@@ -666,7 +694,7 @@ class SqlAlchemyStore(RegistryStore):
                 close = difflib.get_close_matches(id_or_name, names, n=5)
                 hint = f" (closest names: {', '.join(close)})" if close else ""
                 raise NotFoundError(
-                    f"no expert has the id or name {id_or_name!r}{hint}; "
+                    f"no expert has the id, name or alias {id_or_name!r}{hint}; "
                     "run `transferkit list` to see the stored experts"
                 )
             return _entity(ExpertRecord, row)
@@ -678,6 +706,7 @@ class SqlAlchemyStore(RegistryStore):
         method: str | None = None,
         backbone_id: str | None = None,
         exclude_run_kind: str | None = None,
+        tag: tuple[str, str | None] | None = None,
         order: str = "newest",
         limit: int | None = None,
         offset: int = 0,
@@ -686,15 +715,16 @@ class SqlAlchemyStore(RegistryStore):
             raise InvalidInputError(f"limit and offset must not be negative (got limit={limit}, offset={offset})")
         if order not in EXPERT_ORDERS:
             raise InvalidInputError(f"expert order must be one of {', '.join(EXPERT_ORDERS)}, not {order!r}")
-        query = _expert_filters(select(ExpertRow), task_name, method, backbone_id, exclude_run_kind)
+        query = _expert_filters(select(ExpertRow), task_name, method, backbone_id, exclude_run_kind, tag)
         query = query.order_by(*_EXPERT_ORDERING[order]).offset(offset).limit(limit)
         with self._transaction() as session:
             return [_entity(ExpertRecord, row) for row in session.scalars(query)]
 
     def count_experts(
-        self, *, task_name: str | None = None, method: str | None = None, backbone_id: str | None = None
+        self, *, task_name: str | None = None, method: str | None = None, backbone_id: str | None = None,
+        tag: tuple[str, str | None] | None = None,
     ) -> int:
-        query = _expert_filters(select(func.count()).select_from(ExpertRow), task_name, method, backbone_id)
+        query = _expert_filters(select(func.count()).select_from(ExpertRow), task_name, method, backbone_id, tag=tag)
         with self._transaction() as session:
             return int(session.scalar(query) or 0)
 
@@ -1145,6 +1175,7 @@ def _expert_filters(
     method: str | None,
     backbone_id: str | None,
     exclude_run_kind: str | None = None,
+    tag: tuple[str, str | None] | None = None,
 ) -> Select:
     for column, value in (
         (ExpertRow.task_name, task_name),
@@ -1156,6 +1187,10 @@ def _expert_filters(
     if exclude_run_kind is not None:
         made_by_kind = select(RunRow.id).where(RunRow.id == ExpertRow.run_id, RunRow.kind == exclude_run_kind)
         query = query.where(~made_by_kind.exists())
+    if tag is not None:
+        key, value = tag
+        tagged = select(ExpertTagRow.expert_id).where(ExpertTagRow.expert_id == ExpertRow.id, ExpertTagRow.key == key)
+        query = query.where((tagged if value is None else tagged.where(ExpertTagRow.value == value)).exists())
     return query
 
 

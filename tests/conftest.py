@@ -164,3 +164,32 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 def tiny_llama(tiny_llama_dir):
     """A fresh tiny causal-LM backbone per test."""
     return _fresh_backbone(tiny_llama_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_experts(tmp_path_factory, tiny_model_dir, shared_data):
+    """(registry URL, experts) for the tests of using experts: LoRA experts for RTE, MRPC and STS-B on the tiny BERT
+    (real data, 2 steps) and a pemt mixture of the first two for CB. Tests that change it copy it first
+    (`interop_helpers.copy_registry`). Here, not in tests/usage/, so no second conftest module shadows the registry's."""
+    from transferkit.composition.transfer import TransferJob, transfer
+    from transferkit.registry import open_registry
+    from transferkit.training.loop import TrainingConfig
+    from transferkit.workflows import SourceJob, train_source
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('usage')}/experts.db"
+    registry = open_registry(url)
+    experts = {
+        key: train_source(registry, SourceJob(
+            task=key, method="lora", method_options=["r=2"], model=str(tiny_model_dir), data_dir=shared_data,
+            name=f"tiny-{key}", max_train_examples=16, show_progress=False,
+            training=TrainingConfig(max_steps=2, batch_size=8, eval_batch_size=256, seed=1),
+        ))
+        for key in ("rte", "mrpc", "stsb")
+    }
+    experts["mixture"] = transfer(registry, TransferJob(
+        target="cb", strategy="pemt", sources=[experts["rte"].id, experts["mrpc"].id], model=str(tiny_model_dir),
+        data_dir=shared_data, name="tiny-cb-pemt", max_train_examples=16, show_progress=False,
+        training=TrainingConfig(max_steps=2, batch_size=8, eval_batch_size=256, seed=3),
+    )).expert
+    registry.close()
+    return url, experts

@@ -242,6 +242,18 @@ def expert_cost(registry: RegistryStore, expert_id: str) -> ExpertCost:
     return costs[expert_id]
 
 
+def deleted_experts_cost(registry: RegistryStore) -> dict[str, Any]:
+    """What finished runs whose expert was deleted (`transferkit delete`) spent: their rows stay, so it stays counted."""
+    prices = load_prices()
+    kept = {run.id for _, run in registry.list_expert_runs()}
+    runs = [run for run in registry.list_runs(statuses=("finished",)) if run.id not in kept]
+    total: dict[str, Any] = dict.fromkeys(COST_FIELDS)
+    for run in runs:
+        for key, value in own_cost(run.cost, prices).items():
+            total[key] = _add(total[key], value)
+    return {"runs": len(runs), "run_ids": [run.id for run in runs], **total}
+
+
 def _group_key(cost: ExpertCost, by: str) -> str:
     if by == "task":
         return cost.task_name

@@ -187,6 +187,16 @@ def test_training_settings_are_refused_or_usable(values):
         (["gc", "--older-than", "nan"], "--older-than"),
         (["methods", "--model", "./no/such/model"], "no/such/model"),
         (["cost", "--registry", "\x1e"], "cannot open the registry"),
+        (["predict", "no-such-expert", "some text"], "no expert has the id, name or alias"),
+        (["predict", "x", "a", "--output", "out.txt"], "--output must end in"),
+        (["evaluate", "x", "--task", "rte", "--label-map", "a=b,a=c"], "--label-map must be"),
+        (["serve", "x", "--port", "70000"], "--port must be between 1 and 65535"),
+        (["serve", "x", "--max-batch", "0"], "--max-batch"),
+        (["tag", "x", "bad key!"], "tag key"),
+        (["alias", "set", "has space", "x"], "no expert has the id"),
+        (["alias", "rm", "nope"], "no alias 'nope'"),
+        (["note", "x", "text", "--clear"], "not both"),
+        (["delete", "x", "--force"], "no expert has the id"),
     ],
 )
 def test_hostile_arguments_through_the_console_script(tmp_path, args, fragment):

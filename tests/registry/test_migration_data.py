@@ -12,12 +12,14 @@ import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import safetensors.torch
 import torch
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
+from transferkit.errors import InvalidInputError
 from transferkit.gc import collect_garbage
 from transferkit.methods import get_method
 from transferkit.modeling import TaskModel
@@ -114,6 +116,17 @@ def test_first_revision_registry_upgrades_with_every_row_and_artifact(tmp_path, 
     assert [(i.kind, i.target) for i in collect_garbage(store).items] == [("stale-run", "run-crashed")]
     reopened = store.reopen_run("run-failed")
     assert reopened.status == "running" and reopened.pid is not None
+
+    # Curation and evaluations (0005) work on old rows, and a guarded delete sees their old lineage edge.
+    assert store.curation("e-lora").note is None and store.curation("e-lora").tags == {}
+    store.set_note("e-lora", "kept from the first registry")
+    store.set_tags("e-adapter", {"stage": "prod"})
+    store.set_alias("mrpc-best", "e-adapter")
+    assert store.get_expert("mrpc-best").id == "e-adapter"
+    store.add_evaluation(expert_id="e-adapter", task_name="glue/mrpc", split="test", metric="accuracy", metrics={"accuracy": 0.7},
+                         interval=None, examples=10, data_fingerprint={"fingerprint": "f"}, details={})
+    with pytest.raises(InvalidInputError, match="made from it"):
+        store.delete_expert("e-lora")
     store.close()
 
     engine = create_engine(f"sqlite:///{tmp_path}/old.db")
@@ -121,6 +134,8 @@ def test_first_revision_registry_upgrades_with_every_row_and_artifact(tmp_path, 
         command.downgrade(alembic_config(connection), BASE)
     columns = {column["name"] for column in inspect(engine).get_columns("runs")}
     assert {"host", "pid", "heartbeat_at"}.isdisjoint(columns)
+    assert "note" not in {column["name"] for column in inspect(engine).get_columns("experts")}
+    assert {"expert_tags", "expert_aliases", "evaluations"}.isdisjoint(inspect(engine).get_table_names())
     with engine.connect() as connection:
         counts = [connection.execute(text(f"SELECT count(*) FROM {table}")).scalar() for table in ("tasks", "runs", "experts", "lineage_edges")]
         assert counts == [2, 4, 2, 1]
@@ -128,4 +143,5 @@ def test_first_revision_registry_upgrades_with_every_row_and_artifact(tmp_path, 
     engine.dispose()
     again = open_registry(f"sqlite:///{tmp_path}/old.db")  # and up again
     assert len(again.list_experts()) == 2
+    assert again.curation("e-adapter").aliases == [] and again.list_evaluations() == []  # curation went with its tables
     again.close()

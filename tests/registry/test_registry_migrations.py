@@ -24,7 +24,7 @@ from transferkit.registry import TaskRecord, open_registry
 from transferkit.registry.migrate import alembic_config, head_revision, migrations_dir
 from transferkit.registry.rows import Base
 
-TABLES = {"tasks", "runs", "experts", "lineage_edges", "registry_counters"}
+TABLES = {"tasks", "runs", "experts", "lineage_edges", "registry_counters", "expert_tags", "expert_aliases", "evaluations"}
 
 
 def _engine(url: str):

@@ -4,8 +4,9 @@ A bundle is a gzipped tar of `transferkit-bundle.json` (the manifest) and `artif
 the experts' artifacts byte for byte. The manifest holds the registry's own records of every expert in it
 (config, backbone fingerprint, metrics, artifact digest, created time), the runs that made them (command,
 hyper-parameters, seed, code and package versions, data fingerprints, status, cost), their tasks
-(description, spec, description embedding) and the lineage edges into them. `--with-sources` adds every
-ancestor, recursively. Bundles are reproducible: the same experts give the same bytes.
+(description, spec, description embedding), the lineage edges into them, and their curation (note, tags,
+aliases; on import a note fills an empty one, tags are set, an alias that points at another expert there is
+left alone and reported). `--with-sources` adds every ancestor, recursively. Bundles are reproducible: the same experts give the same bytes.
 
 Import reads the archive in memory (see `untrusted`), checks every record's fields and types, every
 artifact's digest and safetensors header, and rebuilds every expert on the backbone (method, config,
@@ -34,7 +35,8 @@ from transferkit.interop.output import write_new_file
 from transferkit.interop.staging import StagedExperts, check_expert
 from transferkit.interop.untrusted import DEFAULT_LIMITS, ImportLimits, load_safetensors, parse_json, read_archive
 from transferkit.methods.base import json_value_matches
-from transferkit.registry import ExpertRecord, LineageEdge, RegistryStore, RunRecord, TaskRecord
+from transferkit.registry import ExpertCuration, ExpertRecord, LineageEdge, RegistryStore, RunRecord, TaskRecord
+from transferkit.registry.curation import check_alias, check_tag
 
 MANIFEST = "transferkit-bundle.json"
 BUNDLE_FORMAT = "transferkit.bundle/1"
@@ -72,6 +74,7 @@ def export_bundle(registry: RegistryStore, expert: ExpertRecord, out: Path, with
         "runs": [run.to_dict() for _, run in sorted(runs.items())],
         "experts": [record.to_dict() for record in chosen],
         "lineage": [edge.to_dict() for edge in edges],
+        "curation": [curation.to_dict() for curation in registry.curations([record.id for record in chosen]).values()],
     }
     members = {MANIFEST: _json_bytes(manifest)}
     members.update({artifact_member(record): registry.read_artifact(record) for record in chosen})
@@ -123,6 +126,8 @@ def read_bundle(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> tuple[dict
         "runs": [_record(RunRecord, item, where) for item in _list(manifest, "runs", where)],
         "experts": [_record(ExpertRecord, item, where) for item in _list(manifest, "experts", where)],
         "lineage": [_record(LineageEdge, item, where) for item in _list(manifest, "lineage", where)],
+        # Bundles written before curation travelled have none.
+        "curation": [_curation(item, where) for item in (_list(manifest, "curation", where) if "curation" in manifest else [])],
     }
     experts: list[ExpertRecord] = records["experts"]
     if not experts:
@@ -158,6 +163,9 @@ def read_bundle(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> tuple[dict
     if unused:
         raise InvalidInputError(f"{where} describes {unused[0]!r}, which none of its experts uses")
     inside = {e.id for e in experts}
+    _require_unique(where, "expert's curation", [c.expert_id for c in records["curation"]])
+    if any(c.expert_id not in inside for c in records["curation"]):
+        raise InvalidInputError(f"{where} has curation for an expert that is not in the bundle")
     for edge in records["lineage"]:
         if edge.child_id not in inside:
             raise InvalidInputError(f"{where} has a lineage edge into {edge.child_id}, which is not in the bundle")
@@ -193,13 +201,18 @@ def import_bundle(
         staged.add(expert, tensors, metadata)
     for expert in experts:
         check_expert(staged, expert, backbone)
-    added = registry.restore(records["tasks"], records["runs"], [(e, blobs[e.id]) for e in experts], records["lineage"])
+    taken = registry.list_aliases()
+    skipped = sorted(a for c in records["curation"] for a in c.aliases if taken.get(a, c.expert_id) != c.expert_id)
+    added = registry.restore(
+        records["tasks"], records["runs"], [(e, blobs[e.id]) for e in experts], records["lineage"], records["curation"],
+    )
     added_ids = {e.id for e in added}
     return {
         "format": "bundle",
         "path": str(path),
         "added": [{"id": e.id, "name": e.name} for e in added],
         "already_present": [{"id": e.id, "name": e.name} for e in experts if e.id not in added_ids],
+        "aliases_not_moved": skipped,  # they point at other experts here; `transferkit alias set` moves them
     }
 
 
@@ -240,6 +253,23 @@ def _record(cls: type, data: Any, where: str) -> Any:
             raise InvalidInputError(f"{where}: {cls.__name__}.{name} has the wrong type ({str(value)[:60]!r})")
         values[name] = value
     return cls(**values)
+
+
+def _curation(data: Any, where: str) -> ExpertCuration:
+    """A note/tags/aliases record: strings only (tags a str -> str object)."""
+    fields_ok = isinstance(data, dict) and set(data) == {"expert_id", "note", "tags", "aliases"}
+    if not fields_ok or not isinstance(data["expert_id"], str) or not isinstance(data["note"], (str, type(None))):
+        raise InvalidInputError(f"{where}: a curation record must have expert_id, note, tags and aliases")
+    tags, aliases = data["tags"], data["aliases"]
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise InvalidInputError(f"{where}: the tags of expert {data['expert_id']!r} must map text keys to text values")
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise InvalidInputError(f"{where}: the aliases of expert {data['expert_id']!r} must be a list of text")
+    for key, value in tags.items():
+        check_tag(key, value)
+    for alias in aliases:
+        check_alias(alias)
+    return ExpertCuration(data["expert_id"], data["note"], dict(tags), list(aliases))
 
 
 def _timestamp(text: str, what: str) -> datetime:

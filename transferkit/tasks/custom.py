@@ -421,17 +421,17 @@ def _decode(data: bytes, path: Path) -> str:
         raise DataError(f"{path}:{line}: not valid UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
 
 
-def _delimited_rows(text: str, path: Path, file: DataFile, needed: list[str]) -> Iterator[tuple[str, dict]]:
-    tsv = file.format == "tsv"
+def _delimited_rows(text: str, path: Path, fmt: str, columns: tuple[str, ...] | None, needed: list[str]) -> Iterator[tuple[str, dict]]:
+    tsv = fmt == "tsv"
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
                         quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
     try:
-        header = list(file.columns) if file.columns else next(reader, None)
+        header = list(columns) if columns else next(reader, None)
         if header is None:
             raise DataError(f"{path}: the file is empty; expected a header line naming the columns")
         missing = [column for column in needed if column not in header]
         if missing:
-            where = f"{path}" if file.columns else f"{path}:1"
+            where = f"{path}" if columns else f"{path}:1"
             raise DataError(f"{where}: no column {missing[0]!r} (columns: {', '.join(header)})")
         while True:
             start = reader.line_num + 1
@@ -492,7 +492,22 @@ def _rows(task: CustomTask, file: DataFile, path: Path, data: bytes) -> Iterator
         return _jsonl_rows(text, path)
     if file.format == "lines":
         return _lines_rows(text, path, task.input_fields[0])
-    return _delimited_rows(text, path, file, needed)
+    return _delimited_rows(text, path, file.format, file.columns, needed)
+
+
+def table_rows(path: Path, needed: list[str]) -> Iterator[tuple[str, dict]]:
+    """The rows of a user's csv, tsv, jsonl or parquet file (format from its suffix), each with where it is.
+
+    csv/tsv need a header line; those and parquet must have the `needed` columns (a jsonl row is checked by the caller).
+    """
+    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "tsv", "jsonl", "parquet"):
+        raise InvalidInputError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; use .csv, .tsv, .jsonl or .parquet")
+    data = _read_bytes(path)
+    if fmt == "parquet":
+        return _parquet_rows(data, path, needed)
+    text = _decode(data, path)
+    return _jsonl_rows(text, path) if fmt == "jsonl" else _delimited_rows(text, path, fmt, None, needed)
 
 
 def file_examples(task: CustomTask, file: DataFile, path: Path, data: bytes) -> list[Example]:
