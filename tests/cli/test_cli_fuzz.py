@@ -151,7 +151,7 @@ def _ends_in_a_result_or_one_error_line(argv: list[str]) -> None:
         "max_steps": st.integers(-3, 2**70), "epochs": st.floats(), "batch_size": st.integers(-3, 2**70), "lr": st.floats(),
         "head_lr": st.floats(), "prompt_lr": st.floats(), "max_length": st.integers(-3, 10**6), "seed": st.integers(-(2**70), 2**70),
         "eval_every": st.integers(-3, 10**6), "precision": st.sampled_from(["fp32", "bf16", "fp16", ""]), "grad_clip": st.floats(),
-        "weight_decay": st.floats(), "warmup_ratio": st.floats(),
+        "weight_decay": st.floats(), "warmup_ratio": st.floats(), "patience": st.integers(-3, 10**6),
     })
 )
 def test_training_settings_are_refused_or_usable(values):
@@ -161,6 +161,7 @@ def test_training_settings_are_refused_or_usable(values):
     import torch
 
     from transferkit.errors import InvalidInputError
+    from transferkit.training.schedule import plan_schedule
 
     config = TrainingConfig(**values)
     try:
@@ -168,8 +169,13 @@ def test_training_settings_are_refused_or_usable(values):
     except InvalidInputError as error:
         assert "\n" not in str(error)
         return
-    total = config.max_steps or max(1, math.ceil(1000 / config.batch_size * config.epochs))
-    assert total >= 1 and int(total * config.warmup_ratio) >= 0
+    schedule = plan_schedule(
+        1000, 100, config.batch_size, train_tokens=30_000, max_steps=config.max_steps, epochs=config.epochs,
+        eval_every=config.eval_every, patience=config.patience,
+    )
+    total = schedule.max_steps
+    assert total >= 1 and schedule.eval_every >= 1 and int(total * config.warmup_ratio) >= 0
+    assert schedule.patience is None or schedule.patience >= 1
     torch.Generator().manual_seed(config.seed)
     assert -(2**63) <= config.seed < 2**63
     assert all(math.isfinite(x) and x > 0 for x in (config.lr, config.head_lr, config.prompt_lr))

@@ -75,7 +75,9 @@ def test_train_on_a_custom_task_then_transfer_to_another(registry, tmp_path, tin
     assert expert.task_name == "toy/target" and expert.method == "mixture"
     assert [r.expert.id for r in outcome.ranking] == [source.id]
     [edge] = registry.lineage_edges(expert.id)["parents"]
-    assert edge.parent_id == source.id and edge.role == "source" and edge.weight == pytest.approx(1.0)
+    # One source: it takes all of the gate but the zero expert's share.
+    zero = expert.extra["gate_weights"]["zero_expert"]["mean"]
+    assert edge.parent_id == source.id and edge.role == "source" and edge.weight + zero == pytest.approx(1.0, abs=1e-5)
 
 
 def test_task_file_must_agree_with_the_task_name(registry, tmp_path, tiny_model_dir):
