@@ -141,7 +141,7 @@ class RegistryStore(abc.ABC):
 
     @abc.abstractmethod
     def finish_run(self, run_id: str, status: str, cost: dict, error: str | None = None) -> RunRecord:
-        """Close a running run as `finished` or `failed` with what it cost."""
+        """Close a running run as `finished`, `failed` or `interrupted` (stopped on a signal, resumable) with what it cost."""
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRecord:
@@ -153,7 +153,7 @@ class RegistryStore(abc.ABC):
 
     @abc.abstractmethod
     def reopen_run(self, run_id: str, max_silence: timedelta = DEFAULT_MAX_SILENCE) -> RunRecord:
-        """Make a failed or abandoned running run `running` again for this process (resume).
+        """Make a failed, interrupted or abandoned running run `running` again for this process (resume).
 
         A run whose process may still be alive is refused (InvalidInputError), so two processes never
         continue the same run.
@@ -454,7 +454,7 @@ class SqlAlchemyStore(RegistryStore):
 
     def finish_run(self, run_id: str, status: str, cost: dict, error: str | None = None) -> RunRecord:
         if status not in RUN_STATUSES[1:]:
-            raise InvalidInputError(f"a run can only finish as 'finished' or 'failed', not {status!r}")
+            raise InvalidInputError(f"a run can only finish as one of {', '.join(RUN_STATUSES[1:])}, not {status!r}")
         cost_values = _split_cost(cost)
         with self._transaction(write=True) as session:
             row = _running_run(session, run_id)
