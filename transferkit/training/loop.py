@@ -18,7 +18,9 @@ padded, so per-token is the honest form of "extrapolated by steps").
 
 Crash safety: with a `Checkpointer`, the full training state is saved every N steps
 and a restarted loop continues from the latest checkpoint, bit-identically on CPU
-(`transferkit.training.checkpoint`). A non-finite loss or gradient norm stops
+(`transferkit.training.checkpoint`). With a `StopRequest` (`transferkit.training.interrupt`), a SIGTERM,
+SIGINT or SIGUSR1 stops training after the current optimizer step: a checkpoint is written and
+`TrainingInterrupted` raised, every process of a multi-process job stopping at the same step. A non-finite loss or gradient norm stops
 training with `TrainingDivergedError` before the optimizer step, so the parameters
 and the last checkpoint stay finite. Gradients are clipped to norm 1.0 by default.
 """
@@ -52,6 +54,7 @@ from transferkit.modeling import TaskModel
 from transferkit.tasks import TaskSpec, compute_metrics, primary_metric
 from transferkit.training.checkpoint import Checkpointer, LoopState
 from transferkit.training.cost import CostMeter, merge_costs
+from transferkit.training.interrupt import StopRequest, stopped_at
 from transferkit.training.schedule import Schedule, evaluations_since_best, improved, plan_schedule
 from transferkit.training.data import (
     TokenizedSplit,
@@ -249,11 +252,13 @@ def train(
     show_progress: bool = True,
     auxiliary_weight: float = 0.0,
     checkpointer: Checkpointer | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Train `model`'s trainable parameters; leave it holding the best-on-dev parameters.
 
     The loss is the task loss plus `auxiliary_weight` x the composition's auxiliary loss (PEMT's task sparsity loss).
     With `checkpointer`, training continues from its latest checkpoint if there is one and saves new ones.
+    With `stop`, a stop signal ends training after the current step with a checkpoint and `TrainingInterrupted`.
     """
     config.validate()
     if len(train_split) == 0:
@@ -357,6 +362,14 @@ def train(
                 # One writer: in a multi-process run every process holds the same parameters and position.
                 if checkpointer is not None and checkpointer.due(state.step) and accelerator.is_main_process:
                     checkpointer.save(state, task_model, optimizer, scheduler, meter, identity)
+                # Here, where a periodic checkpoint would be written, the saved state resumes bit-identically.
+                if stop is not None and (signal_number := stop.agreed(world, accelerator.device)) is not None:
+                    saved = checkpointer.last_saved_step if checkpointer is not None else None
+                    if checkpointer is not None and saved != state.step:
+                        if accelerator.is_main_process:
+                            checkpointer.save(state, task_model, optimizer, scheduler, meter, identity)
+                        saved = state.step
+                    raise stopped_at(signal_number, state.step, saved)
             else:
                 state.epoch, state.batches_done = state.epoch + 1, 0
             if _patience_exhausted(state, schedule):
