@@ -1,8 +1,16 @@
-"""Durable file writes: data and the names that point at it survive a crash once these return."""
+"""Durable file writes: data and the names that point at it survive a crash once these return.
+
+A write that fails (a full disk, a read-only file system, an I/O error) leaves no partial file: new
+files are written beside their final name and renamed into place, and the temporary file is removed
+on any failure, Ctrl-C included. `write_failure` words the error for the user: the reason, the space
+the write needed and what is free there.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 
@@ -23,3 +31,51 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_atomically(path: Path, data: bytes, durable: bool = True) -> None:
+    """Put `data` at `path` (replacing what is there) all at once: a temporary file beside it, renamed into place.
+
+    `durable=False` skips the fsyncs, for caches that are rebuilt when lost. Raises OSError; never leaves the
+    temporary file behind.
+    """
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        if durable:
+            write_durably(temporary, data)
+        else:
+            temporary.write_bytes(data)
+        os.replace(temporary, path)
+        if durable:
+            fsync_dir(path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space on the file system holding `path` (or its nearest existing parent); None if it cannot be read."""
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def size_text(count: int) -> str:
+    """A byte count for people: `812 bytes`, `10.6 KiB`, `3.2 MiB`, `1.5 GiB`."""
+    if count < 1024:
+        return f"{count} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        count /= 1024
+        if count < 1024 or unit == "TiB":
+            return f"{count:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def write_failure(error: OSError, path: Path, needed: int) -> str:
+    """Why writing `needed` bytes at `path` failed, for a one-line message: the reason, the space needed and free."""
+    reason = error.strerror or str(error) or type(error).__name__
+    free = free_bytes(path)
+    space = f"it needs {size_text(needed)}" + (f", {size_text(free)} free there" if free is not None else "")
+    return f"{reason}; {space}"

@@ -2,13 +2,18 @@
 
 `build_report` writes `index.html` and matplotlib PNGs into one folder; the page uses inline
 CSS and relative image paths only, so the folder can be copied or archived and opened offline.
+The files are written into a staging folder and moved into place together, so a write that fails
+(a full disk) leaves the folder as it was.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import os
 import re
+import shutil
+import uuid
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,6 +29,7 @@ import numpy as np
 
 from transferkit.accounting import aggregate, expert_costs
 from transferkit.composition.transfer import STRATEGIES
+from transferkit.durable import write_failure
 from transferkit.errors import OutputError
 from transferkit.methods import METHODS
 from transferkit.registry.entities import ExpertRecord, TaskRecord
@@ -85,11 +91,22 @@ def _all_experts(registry: RegistryStore) -> list[ExpertRecord]:
 
 
 def _save(fig: Any, out_dir: Path, name: str, written: list[Path]) -> str:
-    path = out_dir / name
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    written.append(path)
+    _write_file(out_dir / name, buffer.getvalue())
+    written.append(out_dir / name)
     return name
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    try:
+        with open(path, "xb") as handle:
+            handle.write(data)
+    except OSError as error:
+        path.unlink(missing_ok=True)  # never a truncated PNG or page (the staging folder goes too)
+        raise OutputError(f"cannot write the report file {path} ({write_failure(error, path, len(data))}); "
+                          "free disk space or pass a writable --out") from error
 
 
 def _short(task: str) -> str:
@@ -394,20 +411,28 @@ def build_report(registry: RegistryStore, out_dir: Path) -> ReportResult:
     tasks = registry.list_tasks()
     by_id = {e.id: e for e in experts}
     parent_ids = {edge.parent_id for edge in registry.list_lineage_edges() if edge.parent_id in by_id}
+    # Every file is written into a staging folder first and moved into place only when all of them are written
+    # (index.html last), so a full disk leaves the folder as it was: no truncated file, no page missing a figure.
+    staging = out_dir / f".report-{uuid.uuid4().hex[:8]}.tmp"
     written: list[Path] = []
-    sections = [
-        similarity_section(tasks, experts, parent_ids, out_dir, written),
-        gates_section(experts, out_dir, written),
-        compare_section(registry, experts, out_dir, written),
-        curves_section(experts, out_dir, written),
-        cost_section(registry, out_dir, written),
-    ]
-    engine = getattr(registry, "engine", None)
-    url = engine.url.render_as_string(hide_password=True) if engine is not None else type(registry).__name__
-    counts = {"experts": len(experts), "tasks": len(tasks), "runs with experts": len({e.run_id for e in experts})}
-    index = out_dir / "index.html"
     try:
-        index.write_text(_page(sections, url, counts), encoding="utf-8")
+        staging.mkdir()
+        sections = [
+            similarity_section(tasks, experts, parent_ids, staging, written),
+            gates_section(experts, staging, written),
+            compare_section(registry, experts, staging, written),
+            curves_section(experts, staging, written),
+            cost_section(registry, staging, written),
+        ]
+        engine = getattr(registry, "engine", None)
+        url = engine.url.render_as_string(hide_password=True) if engine is not None else type(registry).__name__
+        counts = {"experts": len(experts), "tasks": len(tasks), "runs with experts": len({e.run_id for e in experts})}
+        _write_file(staging / "index.html", _page(sections, url, counts).encode("utf-8"))
+        files = [out_dir / path.name for path in [*written, staging / "index.html"]]
+        for final in files:
+            os.replace(staging / final.name, final)
     except OSError as error:
-        raise OutputError(f"cannot write {str(index)!r} ({error.strerror}); pass a writable --out") from None
-    return ReportResult(index, [*written, index], sections)
+        raise OutputError(f"cannot write the report into {out_dir} ({error.strerror or error}); pass a writable --out") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ReportResult(files[-1], files, sections)

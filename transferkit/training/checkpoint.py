@@ -13,6 +13,7 @@ One checkpoint is a folder `<run folder>/step-<8 digits>/` with two files:
 
 A checkpoint is written into a temporary folder, fsynced and renamed into place (atomic), and only
 then are older checkpoints deleted: a crash at any moment leaves the previous complete checkpoint.
+A write that fails (a full disk, say) removes its temporary folder and names the space it needed.
 Reading uses safetensors and JSON only; nothing is unpickled or executed, and the tensors are
 checked against the recorded sha256 first. torch and numpy are imported where they are used, so
 listing checkpoints (`transferkit gc`) stays cheap.
@@ -20,6 +21,7 @@ listing checkpoints (`transferkit gc`) stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transferkit.durable import fsync_dir, write_durably
+from transferkit.durable import fsync_dir, write_durably, write_failure
 from transferkit.errors import ArtifactCorruptError, OutputError
 
 FORMAT = "transferkit.checkpoint/1"
@@ -124,13 +126,15 @@ class Checkpointer:
             "cost": meter.snapshot(),
             "tensors_sha256": hashlib.sha256(blob).hexdigest(),
         }
+        state_json = json.dumps(document, default=_json_scalar).encode()
         final = self.folder / f"step-{state.step:08d}"
+        temporary = self.folder / f".step-{state.step:08d}.{uuid.uuid4().hex[:8]}.tmp"
+        new_folder = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            temporary = self.folder / f".step-{state.step:08d}.{uuid.uuid4().hex[:8]}.tmp"
             temporary.mkdir()
             write_durably(temporary / TENSORS_FILE, blob)
-            write_durably(temporary / STATE_FILE, json.dumps(document, default=_json_scalar).encode())
+            write_durably(temporary / STATE_FILE, state_json)
             fsync_dir(temporary)
             if final.exists():  # the same step saved before a crash: same position, replace it
                 shutil.rmtree(final)
@@ -141,10 +145,17 @@ class Checkpointer:
                     shutil.rmtree(older.path, ignore_errors=True)
             for leftover in self.folder.glob(".step-*.tmp"):  # of this run's earlier, interrupted writes
                 shutil.rmtree(leftover, ignore_errors=True)
-        except OSError as error:
+        except BaseException as error:  # a full disk, or a second Ctrl-C mid-write: no partial checkpoint stays
+            shutil.rmtree(temporary, ignore_errors=True)
+            if new_folder:  # the run's folder, if this write created it and nothing is in it
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()
+            if not isinstance(error, OSError):
+                raise
             raise OutputError(
-                f"cannot write a training checkpoint under {self.folder} ({error.strerror or error}); free disk space "
-                "or point TRANSFERKIT_CHECKPOINT_ROOT at a writable folder"
+                f"cannot write the training checkpoint {final} ({write_failure(error, final, len(blob) + len(state_json))}); "
+                + (f"the checkpoint at step {self.last_saved_step} is kept; " if self.last_saved_step is not None else "")
+                + "free disk space or point TRANSFERKIT_CHECKPOINT_ROOT at a writable folder"
             ) from error
         self.last_saved_step = state.step
         if self.on_save is not None:
