@@ -50,7 +50,7 @@ from transferkit.cli.common import (
     primary_value,
     print_json,
 )
-from transferkit.errors import InvalidInputError, TrainingInterrupted, TransferkitError
+from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted, TransferkitError
 from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY
 
 app = typer.Typer(
@@ -423,13 +423,27 @@ def list_command(
     method: Annotated[Optional[str], typer.Option(help="Only experts of this method.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
     offset: Annotated[int, typer.Option(help="Skip this many rows (newest first).")] = 0,
+    runs: Annotated[
+        bool, typer.Option("--runs", help="List runs instead: status, heartbeat, and for unfinished ones the latest "
+                                          "checkpoint and how to resume.")
+    ] = False,
+    status: Annotated[
+        Optional[str], typer.Option(help="With --runs: only runs of this status (running, finished, failed, interrupted).")
+    ] = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List stored experts, newest first."""
+    """List stored experts (or with --runs, runs), newest first."""
     options = global_options(ctx, registry, None)
     if not (1 <= limit < 2**63 and 0 <= offset < 2**63):  # SQL LIMIT/OFFSET are 64-bit integers
         raise TransferkitError("--limit must be at least 1 and --offset at least 0 (both below 2^63)")
+    if runs or status is not None:
+        from transferkit.cli.runs import list_runs
+
+        if task is not None or method is not None:
+            raise InvalidInputError("--task and --method filter experts; drop them with --runs")
+        list_runs(open_store(options), status, limit, offset, as_json)
+        return
     store = open_store(options)
     task_name = None
     if task is not None:
@@ -483,14 +497,23 @@ def _cost_details(store, expert) -> dict:
 @app.command("inspect")
 def inspect_command(
     ctx: typer.Context,
-    expert: Annotated[str, typer.Argument(help="Expert id, id prefix or name.")],
+    expert: Annotated[str, typer.Argument(help="Expert id, id prefix or name, or a run id.")],
     registry: RegistryOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Everything known about one expert; verifies its artifact's sha256."""
+    """Everything known about one expert (verifies its artifact's sha256), or about one run."""
     store = open_store(global_options(ctx, registry, None, artifacts))
-    record = store.get_expert(expert)
+    try:
+        record = store.get_expert(expert)
+    except NotFoundError:
+        from transferkit.cli.runs import find_run, inspect_run
+
+        run = find_run(store, expert)
+        if run is None:
+            raise
+        inspect_run(store, run, as_json)
+        return
     details = _expert_details(store, record)
     if as_json:
         print_json(details)

@@ -148,8 +148,10 @@ class RegistryStore(abc.ABC):
         """The run with this id (NotFoundError otherwise)."""
 
     @abc.abstractmethod
-    def list_runs(self, *, kind: str | None = None, statuses: Sequence[str] | None = None) -> list[RunRecord]:
-        """Runs of this kind and these statuses (default: all), newest first."""
+    def list_runs(
+        self, *, kind: str | None = None, statuses: Sequence[str] | None = None, limit: int | None = None, offset: int = 0
+    ) -> list[RunRecord]:
+        """Runs of this kind and these statuses (default: all), newest first; one page with `limit` / `offset`."""
 
     @abc.abstractmethod
     def reopen_run(self, run_id: str, max_silence: timedelta = DEFAULT_MAX_SILENCE) -> RunRecord:
@@ -465,8 +467,12 @@ class SqlAlchemyStore(RegistryStore):
         with self._transaction() as session:
             return _run_entity(_run_row(session, run_id))
 
-    def list_runs(self, *, kind: str | None = None, statuses: Sequence[str] | None = None) -> list[RunRecord]:
-        query = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc())
+    def list_runs(
+        self, *, kind: str | None = None, statuses: Sequence[str] | None = None, limit: int | None = None, offset: int = 0
+    ) -> list[RunRecord]:
+        if (limit is not None and limit < 0) or offset < 0:
+            raise InvalidInputError(f"limit and offset must not be negative (got limit={limit}, offset={offset})")
+        query = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc()).offset(offset).limit(limit)
         if kind is not None:
             query = query.where(RunRow.kind == kind)
         if statuses is not None:
