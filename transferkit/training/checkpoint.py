@@ -5,7 +5,7 @@ One checkpoint is a folder `<run folder>/step-<8 digits>/` with two files:
 - `tensors.safetensors`: the model's parameters and buffers (`model/...`, non-persistent buffers
   such as MEPT's load counts included), the best-on-dev parameters so far (`best/...`), the
   optimizer's state tensors (`optimizer/<parameter index>/<key>`) and the torch, CUDA and numpy
-  RNG states (`rng/...`);
+  RNG states (`rng/...`, and `rank-<r>/rng/...` for the other processes of a multi-process run);
 - `state.json`: the loop position (step, epoch, batches of that epoch done), loss and evaluation
   histories, the best score, the scheduler's state, the optimizer's parameter groups and
   non-tensor state, Python's RNG state, the cost measured so far, the settings the position
@@ -92,9 +92,13 @@ class Checkpointer:
 
     def save(
         self, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, meter: Any,
-        identity: dict,
+        identity: dict, other_ranks: list[tuple[dict[str, torch.Tensor], dict]] | None = None,
     ) -> Path:
-        """Write a checkpoint of the current training state atomically; returns its folder."""
+        """Write a checkpoint of the current training state atomically; returns its folder.
+
+        `other_ranks`: the RNG states (`capture_rng()`) of processes 1..n-1 of a multi-process run, so that each
+        resumes its own dropout stream (the rest of the state is the same in every process).
+        """
         import safetensors.torch
 
         tensors = {f"model/{name}": value for name, value in model_state(model).items()}
@@ -102,8 +106,10 @@ class Checkpointer:
             tensors.update({f"best/{name}": value for name, value in state.best_state.items()})
         optimizer_tensors, optimizer_json = _flatten_optimizer(optimizer.state_dict())
         tensors.update(optimizer_tensors)
-        rng_tensors, rng_json = _capture_rng()
+        rng_tensors, rng_json = capture_rng()
         tensors.update(rng_tensors)
+        for rank, (rank_tensors, _) in enumerate(other_ranks or [], start=1):
+            tensors.update({f"rank-{rank}/{key}": value for key, value in rank_tensors.items()})
         blob = safetensors.torch.save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
         document = {
             "format": FORMAT,
@@ -123,6 +129,7 @@ class Checkpointer:
             "scheduler": scheduler.state_dict(),
             "optimizer": optimizer_json,
             "rng": rng_json,
+            "rank_rng": [rank_json for _, rank_json in other_ranks or []],
             "cost": meter.snapshot(),
             "tensors_sha256": hashlib.sha256(blob).hexdigest(),
         }
@@ -163,9 +170,12 @@ class Checkpointer:
         return final
 
     def restore(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, meter: Any, identity: dict
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, meter: Any, identity: dict, rank: int = 0
     ) -> LoopState | None:
-        """Load the latest checkpoint into model, optimizer, scheduler, meter and the RNGs; None if there is none."""
+        """Load the latest checkpoint into model, optimizer, scheduler, meter and the RNGs; None if there is none.
+
+        Process `rank` of a multi-process run takes its own RNG state if the checkpoint has it (else the main one's).
+        """
         checkpoints = list_checkpoints(self.folder)
         if not checkpoints:
             return None
@@ -181,7 +191,11 @@ class Checkpointer:
         optimizer.load_state_dict(_unflatten_optimizer(_prefixed(tensors, "optimizer/"), document["optimizer"]))
         scheduler.load_state_dict(document["scheduler"])
         meter.resume_from(document["cost"])
-        _restore_rng(_prefixed(tensors, "rng/"), document["rng"])
+        ranks = document.get("rank_rng") or []  # absent in checkpoints written before it was kept
+        if 0 < rank <= len(ranks):
+            _restore_rng(_prefixed(tensors, f"rank-{rank}/rng/"), ranks[rank - 1])
+        else:
+            _restore_rng(_prefixed(tensors, "rng/"), document["rng"])
         self.last_saved_step = latest.step
         return LoopState(
             step=loop["step"],
@@ -287,7 +301,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], document: dict) -> di
     return {"state": state, "param_groups": document["param_groups"]}
 
 
-def _capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's torch, CUDA, numpy and Python RNG states: tensors (`rng/...`) and JSON."""
     import numpy as np
     import torch
 
