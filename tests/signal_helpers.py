@@ -81,7 +81,7 @@ def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def cli_in_process(args: list[str], folder: Path) -> subprocess.CompletedProcess:
+def cli_in_process(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
     """`transferkit <args>` run by this process (the same `main()`), on one thread like the jobs.
 
     Used for the uninterrupted references and the final resumes, where a new process would only add seconds of
@@ -93,7 +93,7 @@ def cli_in_process(args: list[str], folder: Path) -> subprocess.CompletedProcess
     threads, argv = torch.get_num_threads(), sys.argv
     code: int | str | None = 0
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        for key, value in job_env(folder).items():
+        for key, value in job_env(folder, **env).items():
             if key.startswith(("TRANSFERKIT_", "XDG_", "HF_")):
                 patch.setenv(key, value)
         torch.set_num_threads(1)

@@ -45,7 +45,7 @@ from transferkit.tasks import TaskSpec, TaskSplits, load_splits
 from transferkit.task_prompt import DEFAULT_TASK_PROMPT_LENGTH, TaskPrompt, description_prompt
 from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY, Checkpointer, list_checkpoints
 from transferkit.training.data import tokenize_examples
-from transferkit.training.interrupt import how_to_resume, signal_name, stop_requests
+from transferkit.training.interrupt import ImmediateStop, how_to_resume, signal_name, stop_requests
 from transferkit.training.loop import TrainingConfig, TrainResult, process_state, train
 
 ARTIFACT_FORMAT = "transferkit.expert/1"
@@ -155,75 +155,75 @@ def run_training(
     `name_is_base`: `name` is transferkit's default, made unique when the expert is stored.
     """
     state = process_state()
-    train_split, dev_split, test_split = tokenize_splits(splits, backbone, training.max_length)
-    # Part of the settings --resume matches: the backbone's weights and the --name the user asked for.
-    hyperparams = {**hyperparams, "backbone_id": backbone.backbone_id, "requested_name": None if name_is_base else name}
-    data_fingerprint = splits.to_dict()
-    if state.is_main_process:
-        ensure_task_record(registry, task, splits.train)
-    # From the run's start to the stored expert, SIGTERM / SIGINT / SIGUSR1 stop the job after the current step with a
-    # checkpoint and an `interrupted` run, instead of killing it (transferkit.training.interrupt).
-    with stop_requests() as stop:
-        run = None
+    try:  # whatever fails, the backbone is left as it was: it may be shared with later jobs in this process
+        train_split, dev_split, test_split = tokenize_splits(splits, backbone, training.max_length)
+        # Part of the settings --resume matches: the backbone's weights and the --name the user asked for.
+        hyperparams = {**hyperparams, "backbone_id": backbone.backbone_id, "requested_name": None if name_is_base else name}
+        data_fingerprint = splits.to_dict()
         if state.is_main_process:
-            run = _resume_run(registry, kind, hyperparams, data_fingerprint, show_progress) if resume else None
-            if run is None:
-                run = registry.start_run(
-                    kind=kind,
-                    command=command,
-                    hyperparams=hyperparams,
-                    seed=training.seed,
-                    code_version=code_version(),
-                    package_versions=package_versions(),
-                    data_fingerprint=data_fingerprint,
+            ensure_task_record(registry, task, splits.train)
+        # From the run's start to the stored expert, SIGTERM / SIGINT / SIGUSR1 stop the job after the current step
+        # with a checkpoint and an `interrupted` run, instead of killing it (transferkit.training.interrupt).
+        with stop_requests() as stop:
+            run = None
+            if state.is_main_process:
+                run = _resume_run(registry, kind, hyperparams, data_fingerprint, show_progress) if resume else None
+                run = run or registry.start_run(
+                    kind=kind, command=command, hyperparams=hyperparams, seed=training.seed, code_version=code_version(),
+                    package_versions=package_versions(), data_fingerprint=data_fingerprint,
                 )
-        run_id = run.id if run is not None else None
-        if state.num_processes > 1:  # every process restores the same run's checkpoints; only the main one writes them
-            [run_id] = broadcast_object_list([run_id], from_process=0)
-        checkpointer = Checkpointer(registry.checkpoint_root / run_id, checkpoint_every, on_save=lambda: _heartbeat(registry, run_id))
-        try:
-            result = train(
-                model, task, train_split, dev_split, test_split, training, backbone.tokenizer.pad_token_id, show_progress,
-                auxiliary_weight=auxiliary_weight, checkpointer=checkpointer, stop=stop,
-            )
-            statistics = model.expert.training_statistics()  # on every process: it may sum counts across them
-            expert = None
-            if run is not None:
-                lineage, extra = finalize(model) if finalize is not None else ([], {})
-                if statistics:  # e.g. MEPT's per-expert load counts
-                    extra = {**extra, "method_statistics": statistics}
-                expert = _store_expert(
-                    registry, run, model, result, name=name, name_is_base=name_is_base, task=task, splits=splits,
-                    test_split=test_split, backbone=backbone, method_name=method_name, method_config=method_config,
-                    lineage=[*lineage, *(extra_lineage or [])], extra=extra,
+            run_id = run.id if run is not None else None
+            if state.num_processes > 1:  # every process restores the same run's checkpoints; only the main one writes them
+                [run_id] = broadcast_object_list([run_id], from_process=0)
+            checkpointer = Checkpointer(registry.checkpoint_root / run_id, checkpoint_every, on_save=lambda: _heartbeat(registry, run_id))
+            try:
+                result = train(
+                    model, task, train_split, dev_split, test_split, training, backbone.tokenizer.pad_token_id, show_progress,
+                    auxiliary_weight=auxiliary_weight, checkpointer=checkpointer, stop=stop,
                 )
-            if state.num_processes > 1:  # the others wait for the main process's expert and read it back
-                [expert_id] = broadcast_object_list([expert.id if expert is not None else None], from_process=0)
-                expert = expert or registry.get_expert(expert_id)
-        except TrainingInterrupted as error:
-            interrupted = error.resumed_by(how_to_resume(command))
-            _close_run(registry, run, "interrupted", interrupted, str(interrupted))
-            if state.num_processes > 1:
-                # The others must not exit first: torchrun would answer with SIGTERM to this process mid-write.
-                state.wait_for_everyone()
-            raise interrupted from None
-        except KeyboardInterrupt as error:  # a second signal (ImmediateStop), or Ctrl-C where no handler could be set
-            number = getattr(error, "signal_number", signal.SIGINT)
-            kept = checkpointer.last_saved_step
-            what = f"stopped at once on a second {signal_name(number)}; " + (
-                f"its checkpoint at step {kept} is kept" if kept is not None else "no checkpoint was written"
-            )
-            interrupted = TrainingInterrupted(what, number, how_to_resume(command))
-            _close_run(registry, run, "interrupted", interrupted, str(interrupted))
-            raise interrupted from None
-        except BaseException as error:  # the run must not stay "running"
-            _close_run(registry, run, "failed", error, f"{type(error).__name__}: {error}")
-            raise
-        finally:
-            model.detach()  # the backbone may be shared with later jobs in this process
+                statistics = model.expert.training_statistics()  # on every process: it may sum counts across them
+                expert = None
+                if run is not None:
+                    lineage, extra = finalize(model) if finalize is not None else ([], {})
+                    if statistics:  # e.g. MEPT's per-expert load counts
+                        extra = {**extra, "method_statistics": statistics}
+                    expert = _store_expert(
+                        registry, run, model, result, name=name, name_is_base=name_is_base, task=task, splits=splits,
+                        test_split=test_split, backbone=backbone, method_name=method_name, method_config=method_config,
+                        lineage=[*lineage, *(extra_lineage or [])], extra=extra,
+                    )
+                if state.num_processes > 1:  # the others wait for the main process's expert and read it back
+                    [expert_id] = broadcast_object_list([expert.id if expert is not None else None], from_process=0)
+                    expert = expert or registry.get_expert(expert_id)
+            except (TrainingInterrupted, KeyboardInterrupt) as error:
+                interrupted = _interruption(error, checkpointer, command)
+                _close_run(registry, run, "interrupted", interrupted, str(interrupted))
+                if isinstance(error, TrainingInterrupted) and state.num_processes > 1:
+                    # All stopped at this step; the others must not exit first, or torchrun would SIGTERM this process
+                    # mid-write. (After a second signal nobody waits: the others may be stuck in a collective.)
+                    state.wait_for_everyone()
+                raise interrupted from None
+            except BaseException as error:  # the run must not stay "running"
+                _close_run(registry, run, "failed", error, f"{type(error).__name__}: {error}")
+                raise
+    finally:
+        model.detach()
     if state.is_main_process:
         checkpointer.remove()  # the expert is stored: nothing left to resume
     return expert, result
+
+
+def _interruption(error: BaseException, checkpointer: Checkpointer, command: list[str]) -> TrainingInterrupted:
+    """How the job was stopped, with how to resume it: at a step boundary, or at once by a second signal
+    (ImmediateStop) or a KeyboardInterrupt where no handler could be installed."""
+    if isinstance(error, TrainingInterrupted):
+        return error.resumed_by(how_to_resume(command))
+    kept = checkpointer.last_saved_step
+    saved = f"its checkpoint at step {kept} is kept" if kept is not None else "no checkpoint was written"
+    if isinstance(error, ImmediateStop):
+        return TrainingInterrupted(f"stopped at once on a second {signal_name(error.signal_number)}; {saved}",
+                                   error.signal_number, how_to_resume(command))
+    return TrainingInterrupted(f"stopped at once by Ctrl-C; {saved}", signal.SIGINT, how_to_resume(command))
 
 
 def _store_expert(
