@@ -52,6 +52,7 @@ from transferkit.cli.common import (
 )
 from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted, TransferkitError
 from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY
+from transferkit.training.interrupt import ImmediateStop
 
 app = typer.Typer(
     name="transferkit",
@@ -624,20 +625,21 @@ def main() -> None:
         else:
             err.print(f"error: {one_line(usage_message(error))}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except _ABORTS as error:  # click turns a KeyboardInterrupt into Abort; a second stop signal brings its own code
-        stopped = error.__cause__ or error.__context__
-        shown = "aborted" if stopped is None else "interrupted" + (f" ({stopped})" if str(stopped) else "")
-        err.print(shown, markup=False, highlight=False)
-        sys.exit(getattr(stopped, "exit_code", 130))
+    except _ABORTS:
+        err.print("aborted")
+        sys.exit(130)
     except TrainingInterrupted as error:  # not an error: one line on how to resume, the signal's exit code
         err.print(one_line(str(error)), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except ImmediateStop as error:  # a second stop signal outside a training job's own handling
+        err.print(f"interrupted: {error}", markup=False, highlight=False)
         sys.exit(error.exit_code)
     except TransferkitError as error:
         err.print(f"error: {one_line(str(error))}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt as error:
-        err.print("interrupted", markup=False, highlight=False)
-        sys.exit(getattr(error, "exit_code", 130))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -195,7 +195,7 @@ def run_training(
                 if state.num_processes > 1:  # the others wait for the main process's expert and read it back
                     [expert_id] = broadcast_object_list([expert.id if expert is not None else None], from_process=0)
                     expert = expert or registry.get_expert(expert_id)
-            except (TrainingInterrupted, KeyboardInterrupt) as error:
+            except (TrainingInterrupted, ImmediateStop, KeyboardInterrupt) as error:
                 interrupted = _interruption(error, checkpointer, command)
                 _close_run(registry, run, "interrupted", interrupted, str(interrupted))
                 if isinstance(error, TrainingInterrupted) and state.num_processes > 1:

@@ -7,7 +7,8 @@ request. The training loop looks at it after each optimizer step, writes a check
 `Checkpointer` and raises `TrainingInterrupted`; the workflow records the run as `interrupted` and the
 CLI prints one line and exits with 128 + the signal number (143, 130, 138).
 
-A second signal means "now": the handler raises `ImmediateStop` (a KeyboardInterrupt) wherever the
+A second signal means "now": the handler raises `ImmediateStop` (a BaseException, so no
+`except Exception` swallows it and click does not turn it into a silent exit 130) wherever the
 program is. Every file transferkit writes is written beside its final name and renamed into place,
 and every registry change is one transaction, so stopping anywhere corrupts nothing and the previous
 checkpoint stays the one to resume from. A copy of the first signal within `DUPLICATE_WINDOW` seconds
@@ -39,8 +40,8 @@ HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", 
 DUPLICATE_WINDOW = 1.0  # seconds: a repeat of the first signal this soon is a launcher forwarding it, not the user
 
 
-class ImmediateStop(KeyboardInterrupt):
-    """A second stop signal: leave at once (KeyboardInterrupt, so no `except Exception` swallows it)."""
+class ImmediateStop(BaseException):
+    """A second stop signal: leave at once (like KeyboardInterrupt, no `except Exception` catches it)."""
 
     def __init__(self, signal_number: int) -> None:
         super().__init__(f"stopped at once on a second {signal_name(signal_number)}")
