@@ -43,16 +43,14 @@ def test_torchrun_ranks_stop_together_and_resume_bitwise(tmp_path, tiny_model_di
                 "--model", str(tiny_model_dir), "--max-train-examples", "71", "--max-steps", "12", "--batch-size", "16",
                 "--eval-every", "6", "--max-length", "48", "--checkpoint-every", "4", "--seed", "6", "--name", name, "--quiet"]
 
-    def run(name: str, resume: bool = False, **hooks: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    def run(commands: list[list[str]], **hooks: str) -> tuple[subprocess.Popen, dict[str, str]]:
         hooks = {"TK_TEST_EXIT": str(tmp_path / f"exit-{uuid.uuid4().hex[:6]}"), **hooks}
-        return _torchrun([*args(name), *(["--resume"] if resume else [])], tmp_path, hooks), hooks
+        joined = [argument for command in commands for argument in [*command, "::"]][:-1]
+        return _torchrun(joined, tmp_path, hooks), hooks
 
-    reference, hooks = run("reference")
-    _, stderr = reference.communicate(timeout=900)
-    assert _exit_codes(hooks["TK_TEST_EXIT"]) == ["0", "0"], stderr[-3000:]
-
+    # One launch: the uninterrupted reference, then the same training paused after STEP in each rank.
     go = tmp_path / "go"
-    victim, hooks = run("victim", **pause_hooks(tmp_path, STEP, TK_TEST_GO=str(go)))
+    victim, hooks = run([args("reference"), args("victim")], **pause_hooks(tmp_path, STEP, TK_TEST_GO=str(go)))
     wait_until_paused(victim, hooks, rank=0)
     rank1 = wait_until_paused(victim, hooks, rank=1)
     sent = time.monotonic()
@@ -75,7 +73,7 @@ def test_torchrun_ranks_stop_together_and_resume_bitwise(tmp_path, tiny_model_di
     assert not list(folder.glob(".*"))
     store.close()
 
-    resumed, hooks = run("victim", resume=True)
+    resumed, hooks = run([[*args("victim"), "--resume"]])
     _, stderr = resumed.communicate(timeout=900)
     assert _exit_codes(hooks["TK_TEST_EXIT"]) == ["0", "0"], stderr[-3000:]
     store = open_registry(url)

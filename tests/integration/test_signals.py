@@ -3,8 +3,9 @@
 Each stop must take under 10 s, exit with 128 + the signal, print one line saying how to resume, leave
 the run `interrupted` with a checkpoint at exactly that step and nothing half-stored; `--resume` then
 ends bit-identical to an uninterrupted run (tiny random BERT, real RTE files, CPU). The steps and
-signals are drawn by hypothesis. A Ctrl-C typed into a real pseudo-terminal, a second Ctrl-C that must
-stop at once, and a registry locked past its timeout when the expert is stored complete the set.
+signals are drawn by hypothesis. A Ctrl-C typed into a real pseudo-terminal and a registry locked past its
+timeout when the expert is stored complete the set (a second signal, which must stop at once, is tested in
+test_signals_in_process.py).
 
 The interrupted runs are real processes (signal_job.py: the CLI with a pause after a chosen step, so
 the signal arrives at a known step). The uninterrupted references and the final resumes run the same
@@ -47,7 +48,9 @@ from transferkit.training.checkpoint import list_checkpoints, read_checkpoint
 
 STEPS, EVERY = 30, 8  # periodic checkpoints at 8, 16, 24: a stop lands on one of them or between them
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-EXPLORE = settings(max_examples=2, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+# Each example starts a real process (seconds of imports), so CI tries a few; raise it to explore more steps.
+EXAMPLES = int(os.environ.get("TRANSFERKIT_SIGNAL_EXAMPLES", "2"))
+EXPLORE = settings(max_examples=EXAMPLES, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
 
 
 @dataclasses.dataclass
@@ -116,20 +119,15 @@ def _expect_identical(registry: Registry, name: str, reference: str, segments: i
 
 
 @EXPLORE
-@given(steps=st.lists(st.integers(1, STEPS - 1), min_size=2, max_size=2, unique=True).map(sorted),
-       signals=st.permutations(SIGNALS).map(lambda order: order[:2]))
-def test_train_source_stops_on_signals_at_random_steps_and_resumes_bitwise(registry, steps, signals):
+@given(step=st.integers(1, STEPS - 1), number=st.sampled_from(SIGNALS))
+def test_train_source_stops_on_a_signal_at_a_random_step_and_resumes_bitwise(registry, step, number):
     name = f"victim-{uuid.uuid4().hex[:6]}"
-    run_ids = set()
-    for attempt, (step, number) in enumerate(zip(steps, signals)):
-        resume = ["--resume"] if attempt else []
-        process = launch([*registry.source_args(name), *resume], registry.folder, pause_hooks(registry.folder, step))
-        wait_until_paused(process)
-        run_ids.add(_expect_interrupted(registry, name, stop(process, number), number, step))
-    assert len(run_ids) == 1  # the same run, resumed and interrupted again
+    process = launch(registry.source_args(name), registry.folder, pause_hooks(registry.folder, step))
+    wait_until_paused(process)
+    _expect_interrupted(registry, name, stop(process, number), number, step)
     resumed = cli_in_process([*registry.source_args(name), "--resume"], registry.folder)
     assert resumed.returncode == 0, resumed.stderr
-    _expect_identical(registry, name, "source-reference", segments=3)
+    _expect_identical(registry, name, "source-reference", segments=2)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +143,7 @@ def transfer_reference(registry, tiny_model_dir, shared_data) -> str:
     return "transfer-reference"
 
 
-@EXPLORE
+@settings(EXPLORE, max_examples=max(1, EXAMPLES // 2))  # a transfer process also embeds the target's data: slower
 @given(step=st.integers(1, 19), number=st.sampled_from(SIGNALS))
 def test_transfer_stops_on_a_signal_at_a_random_step_and_resumes_bitwise(registry, transfer_reference, step, number):
     name = f"pemt-{uuid.uuid4().hex[:6]}"
@@ -169,11 +167,9 @@ def _in_terminal(args: list[str], folder: Path, **hooks: str) -> tuple[int, int]
     return pid, terminal
 
 
-def _type_and_collect(pid: int, terminal: int, keys: list[tuple[float, bytes]]) -> tuple[int, float, str]:
-    """Type each key after its delay; returns (exit code, seconds from the last key to the exit, terminal output)."""
-    for delay, key in keys:
-        time.sleep(delay)
-        os.write(terminal, key)
+def _type_ctrl_c(pid: int, terminal: int) -> tuple[int, float, str]:
+    """Type Ctrl-C into the terminal; returns (exit code, seconds from the key to the exit, terminal output)."""
+    os.write(terminal, b"\x03")
     typed = time.monotonic()
     output = b""
     while True:
@@ -190,39 +186,29 @@ def _type_and_collect(pid: int, terminal: int, keys: list[tuple[float, bytes]]) 
 
 
 def _terminal_lines(output: str) -> list[str]:
-    """What the terminal shows, without the `^C` it echoes for each Ctrl-C."""
+    """What the terminal shows, without the `^C` it echoes for the Ctrl-C."""
     return [line for line in output.replace("\r", "").replace("^C", "").splitlines() if line.strip()]
 
 
-def test_ctrl_c_in_a_terminal_then_a_second_ctrl_c_then_resume(registry):
+def test_ctrl_c_typed_in_a_terminal_stops_cleanly_and_resumes_bitwise(registry):
     name = f"tty-{uuid.uuid4().hex[:6]}"
     folder = registry.folder
     # Ctrl-C typed into the job's terminal at step 11: the terminal driver sends SIGINT; one line; exit 130.
     hooks = pause_hooks(folder, 11)
     pid, terminal = _in_terminal(registry.source_args(name), folder, **hooks)
     wait_until_paused(_Child(pid), hooks)
-    code, seconds, output = _type_and_collect(pid, terminal, [(0, b"\x03")])
+    code, seconds, output = _type_ctrl_c(pid, terminal)
     message = "interrupted at step 11 (SIGINT); checkpoint saved; resume with the same command plus --resume"
     assert (code, _terminal_lines(output)) == (130, [message])
     assert seconds < STOP_DEADLINE
-    # Resumed, then two Ctrl-C 1.5 s apart during a long step 21: the second stops at once; the checkpoint at 16 stays.
-    hooks = pause_hooks(folder, 21, TK_TEST_HOLD="60")
-    pid, terminal = _in_terminal([*registry.source_args(name), "--resume"], folder, **hooks)
-    wait_until_paused(_Child(pid), hooks)
-    code, seconds, output = _type_and_collect(pid, terminal, [(0, b"\x03"), (1.5, b"\x03")])
-    assert code == 130 and seconds < STOP_DEADLINE  # not the 60 s the step would have taken
-    message = ("stopped at once on a second SIGINT; its checkpoint at step 16 is kept; "
-               "resume with the same command plus --resume")
-    assert _terminal_lines(output) == [message]
     store = registry.open()
     [run] = [r for r in store.list_runs() if r.hyperparams.get("requested_name") == name]
     assert run.status == "interrupted" and run.error == message
-    assert [c.step for c in list_checkpoints(store.checkpoint_root / run.id)] == [16]
-    assert not list((store.checkpoint_root / run.id).glob(".*"))
+    assert [c.step for c in list_checkpoints(store.checkpoint_root / run.id)] == [11]
     store.close()
     resumed = cli_in_process([*registry.source_args(name), "--resume"], folder)
     assert resumed.returncode == 0, resumed.stderr
-    _expect_identical(registry, name, "source-reference", segments=3)
+    _expect_identical(registry, name, "source-reference", segments=2)
 
 
 class _Child:
