@@ -1,6 +1,7 @@
 """Signals sent to this process while it trains (tiny random BERT, real data), for what needs no new process:
 a second signal that must stop at once (mid-step, and in the middle of writing the stop checkpoint) without
-corrupting anything, and a `compare` grid stopped mid-cell and between cells. Each resumes bit-identically.
+corrupting anything, a `compare` grid stopped mid-cell and between cells, and a `reproduce` stopped and resumed.
+Each resumes bit-identically.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import transferkit.training.interrupt as interrupt
 from transferkit.composition.compare import Grid, GridBudget, run_grid
 from transferkit.errors import TrainingInterrupted
 from transferkit.registry import open_registry
+from transferkit.reproduce import reproduce
 from transferkit.training.checkpoint import list_checkpoints, read_checkpoint
 from transferkit.training.cost import CostMeter
 from transferkit.training.loop import TrainingConfig
@@ -115,4 +117,20 @@ def test_a_signal_stops_the_grid_and_compare_again_finishes_it_bitwise(tmp_path,
         actual = store.load_expert_tensors(store.get_expert(f"cut-cb-scratch-s{seed}"))[0]
         assert all(torch.equal(expected[k], actual[k]) for k in expected)
     assert store.list_runs(statuses=("interrupted", "failed", "running")) == []
+    store.close()
+
+
+def test_an_interrupted_reproduction_resumes_with_its_own_command(tmp_path, tiny_model_dir, shared_data, monkeypatch):
+    store = open_registry(f"sqlite:///{tmp_path}/r.db")
+    original = train_source(store, _source_job(tiny_model_dir, shared_data))
+    command = ["transferkit", "reproduce", original.name]
+    _signal_once_at(monkeypatch, 5, signal.SIGUSR1)
+    with pytest.raises(TrainingInterrupted) as caught:
+        reproduce(store, original.name, data_dir=shared_data, command=command, show_progress=False)
+    monkeypatch.undo()
+    assert caught.value.exit_code == 128 + signal.SIGUSR1
+    assert str(caught.value).endswith("resume with the same command plus --resume")  # `reproduce --resume` exists
+    resumed = reproduce(store, original.name, data_dir=shared_data, command=[*command, "--resume"], show_progress=False,
+                        resume=True)
+    assert resumed.same_weights and store.get_run(resumed.expert.run_id).cost["segments"] == 2
     store.close()
