@@ -1,16 +1,15 @@
 """Durable file writes: data and the names that point at it survive a crash once these return.
 
-A write that fails (a full disk, a read-only file system, an I/O error) leaves no partial file: new
-files are written beside their final name and renamed into place, and the temporary file is removed
-on any failure, Ctrl-C included. `write_failure` words the error for the user: the reason, the space
-the write needed and what is free there.
+Callers write new files beside their final name and rename them into place, removing the temporary
+file on any failure, so a write that fails (a full disk, a read-only file system, an I/O error)
+leaves no partial file. `write_failure` words such an error for the user: the reason, the space the
+write needed and what is free there.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 
@@ -31,25 +30,6 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def replace_atomically(path: Path, data: bytes, durable: bool = True) -> None:
-    """Put `data` at `path` (replacing what is there) all at once: a temporary file beside it, renamed into place.
-
-    `durable=False` skips the fsyncs, for caches that are rebuilt when lost. Raises OSError; never leaves the
-    temporary file behind.
-    """
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if durable:
-            write_durably(temporary, data)
-        else:
-            temporary.write_bytes(data)
-        os.replace(temporary, path)
-        if durable:
-            fsync_dir(path.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def free_bytes(path: Path) -> int | None:
