@@ -401,7 +401,10 @@ def _best_loss(state: LoopState) -> float | None:
 
 
 def _patience_exhausted(state: LoopState, schedule: Schedule) -> bool:
-    return schedule.patience is not None and evaluations_since_best(state.eval_history, state.best_step) >= schedule.patience
+    return (
+        schedule.patience is not None and state.step >= schedule.min_steps
+        and evaluations_since_best(state.eval_history, state.best_step) >= schedule.patience
+    )
 
 
 def _stop_reason(state: LoopState, schedule: Schedule, primary: str) -> str:
