@@ -240,3 +240,23 @@ def test_zero_expert_keeps_top_k_weights_at_the_sources_share(tiny_backbone):
 def test_zero_expert_needs_a_learned_gate(tiny_backbone):
     with pytest.raises(InvalidInputError, match="zero expert"):
         build_mixture(random_experts(tiny_backbone, "lora", 2), tiny_backbone, None, learn_gate=False, zero_expert=True)
+
+
+@pytest.mark.parametrize("prior", [0.2, 0.5, 0.9])
+def test_zero_expert_prior_sets_its_starting_share_and_the_gate_can_still_move_it(tiny_backbone, prior):
+    mixture = build_mixture(random_experts(tiny_backbone, "lora", 3), tiny_backbone, None, True, zero_expert=True, zero_prior=prior)
+    layer = mixture.layers[0]
+    mixture.prompt_length = 2
+    hidden = torch.randn(4, 6, tiny_backbone.hidden_size)
+    start = mixture.gate_probabilities(layer, hidden).detach()
+    assert torch.allclose(start[:, -1], torch.full((4,), prior), atol=1e-6)
+    assert torch.allclose(start[:, :3], torch.full((4, 3), (1 - prior) / 3), atol=1e-6)  # sources stay uniform among themselves
+    with torch.no_grad():
+        mixture.gates[layer.replace(".", "/")][:, 0] += 1.0  # the learned part still moves mass between all columns
+    assert (mixture.gate_probabilities(layer, hidden).detach()[:, -1] != start[:, -1]).all()
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.0, -0.5])
+def test_zero_expert_prior_outside_the_open_unit_interval_is_refused(tiny_backbone, prior):
+    with pytest.raises(InvalidInputError, match="prior share"):
+        build_mixture(random_experts(tiny_backbone, "lora", 2), tiny_backbone, None, True, zero_expert=True, zero_prior=prior)

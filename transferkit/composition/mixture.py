@@ -24,6 +24,11 @@ Each adapted module outputs  y = base + sum_j g_j delta_j.
 With `zero_expert` the gate has one more column, an expert whose change is zero:
 its share scales the sources' change down, so a target unlike every source can
 use none of them (a softmax over sources alone always spends all its mass on them).
+Its logit carries a fixed offset so that, while the gate is still at zero, it holds
+`zero_prior` of the mass (ZERO_EXPERT_PRIOR = 0.5 for new mixtures): the mixture
+starts halfway between the target alone and the sources' average, and sources earn
+their share. With a uniform start (1/(J+1)) CoLA, unlike every source, ended below
+scratch; with 0.5 its dev MCC and RTE's dev accuracy both rose (README).
 
 Task sparsity loss, in delta space (per example rather than with PEMT's batch-mean
 gate, so it also applies to top-k routing):
@@ -89,6 +94,7 @@ class SourceMixture(Composition):
         temperature: float = 1.0,
         gate_input: str = "states",
         zero_expert: bool = False,
+        zero_prior: float | None = None,
     ) -> None:
         super().__init__()
         if route_top_k is not None and not 1 <= route_top_k <= num_sources:
@@ -97,7 +103,12 @@ class SourceMixture(Composition):
             raise InvalidInputError(f"--gate-input must be one of {', '.join(GATE_INPUTS)}, got {gate_input!r}")
         if zero_expert and not learn_gate:
             raise InvalidInputError("a zero expert needs a learned gate (pemt); the uniform average has none")
+        if zero_prior is not None and not (zero_expert and 0.0 < zero_prior < 1.0):
+            raise InvalidInputError(f"the zero expert's prior share must be in (0, 1) and needs a zero expert, got {zero_prior}")
         self.zero_expert = zero_expert
+        self.zero_prior = zero_prior
+        # softmax([0]*J + [o]) puts exp(o) / (J + exp(o)) = zero_prior on the zero expert
+        self._zero_offset = math.log(num_sources * zero_prior / (1.0 - zero_prior)) if zero_prior is not None else 0.0
         self.gate_input = gate_input
         self._task_state: torch.Tensor | None = None
         self.stack = stack
@@ -181,6 +192,8 @@ class SourceMixture(Composition):
         else:
             task_state = hidden[:, : self.prompt_length].float().mean(dim=1)
         logits = task_state @ self.gates[layer.replace(".", "/")] / self.temperature
+        if self._zero_offset:
+            logits = torch.cat([logits[:, :-1], logits[:, -1:] + self._zero_offset], dim=-1)
         return torch.softmax(logits, dim=-1)
 
     def route(self, layer: str, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,6 +41,7 @@ from transferkit.workflows import JobOptions, SourceParts, job_expert_name, load
 STRATEGIES = ("pemt", "average", "spot", "scratch", "attempt")
 HEAD_INITS = ("auto", "none")
 DEFAULT_ZERO_EXPERT = True
+ZERO_EXPERT_PRIOR = 0.5  # the zero expert's share before the gate learns (chosen on RTE and CoLA dev; see mixture.py)
 MIXTURE_METHOD = "mixture"
 DEFAULT_TARGET_METHOD = "adapter"
 
@@ -119,7 +120,7 @@ def _source_methods(job: TransferJob) -> frozenset[str]:
 
 def build_mixture(
     sources: list[ExpertModule], backbone: Backbone, route_top_k: int | None, learn_gate: bool, gate_input: str = "states",
-    zero_expert: bool = False,
+    zero_expert: bool = False, zero_prior: float | None = None,
 ) -> SourceMixture:
     kinds = {type(source) for source in sources}
     if len(kinds) != 1:
@@ -127,7 +128,7 @@ def build_mixture(
     method = next(m for m in METHODS.values() if m.module_class in kinds)
     return SourceMixture(
         method.stack(sources), len(sources), backbone.hidden_size, route_top_k, learn_gate, gate_input=gate_input,
-        zero_expert=zero_expert,
+        zero_expert=zero_expert, zero_prior=zero_prior,
     )
 
 
@@ -152,7 +153,7 @@ _CONFIG_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     ATTEMPT_METHOD: {"strategy": (str,), "sources": (list,), "target_config": (dict,)},
 }
 _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    MIXTURE_METHOD: {"gate_input": (str,), "zero_expert": (bool,)}, ATTEMPT_METHOD: {}
+    MIXTURE_METHOD: {"gate_input": (str,), "zero_expert": (bool,), "zero_expert_prior": (float,)}, ATTEMPT_METHOD: {}
 }
 _STRATEGIES_OF = {MIXTURE_METHOD: ("pemt", "average"), ATTEMPT_METHOD: ("attempt",)}
 
@@ -184,7 +185,7 @@ def build_stored_composition(
         return TaskModel(backbone, attempt, num_outputs, task_prompt=prompt)
     mixture = build_mixture(
         sources, backbone, config["route_top_k"], config["learn_gate"], config.get("gate_input", "states"),
-        config.get("zero_expert", False),
+        config.get("zero_expert", False), config.get("zero_expert_prior"),
     )
     target_method = get_method(config["target_method"])
     target = target_method.build(target_method.config_class.from_dict(config["target_config"]), backbone)
@@ -246,7 +247,7 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         if job.strategy in ("pemt", "average"):
             composition = build_mixture(
                 [parts.module for parts in loaded], backbone, job.route_top_k, learn_gate=job.strategy == "pemt",
-                gate_input=job.gate_input, zero_expert=zero_expert,
+                gate_input=job.gate_input, zero_expert=zero_expert, zero_prior=ZERO_EXPERT_PRIOR if zero_expert else None,
             )
             prompts = [parts.prompt for parts in loaded if parts.prompt is not None]
         expert_module = target_method.build(target_config, backbone)
@@ -264,6 +265,7 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
                 "learn_gate": job.strategy == "pemt",
                 "gate_input": job.gate_input,
                 "zero_expert": zero_expert,
+                **({"zero_expert_prior": ZERO_EXPERT_PRIOR} if zero_expert else {}),
                 "sparsity_weight": job.sparsity_weight,
                 "target_method": target_method.name,
                 "target_config": target_config.to_dict(),
