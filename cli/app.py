@@ -327,7 +327,7 @@ def compare_command(
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Run (or resume) the transfer grid, or with --methods the method grid, and print mean ± std of the official metric over seeds."""
+    """Run (or resume) the transfer grid, or with --methods the method grid, and print the official test metric per cell: mean over seeds, 95% interval, paired difference to scratch."""
     from transferkit.composition.compare import Grid, GridBudget, collect, run_grid
 
     options = global_options(ctx, registry, data_dir, artifacts)

@@ -9,11 +9,13 @@ resumes where it stopped, and `--render-only` re-renders the table from the
 registry alone. SIGTERM, SIGINT or SIGUSR1 stop the grid after the current cell's
 checkpoint (or before the next cell); `compare` again continues it.
 
-Default budget (documented in the README): 50 optimiser steps of 32 examples,
-max length 128, evaluation on dev every 25 steps (the best of the two is kept),
-the target's test split for the reported metric. On the 2-core reference
-machine one cell takes about a minute, so the default 5 x 4 x 3 grid takes
-about an hour.
+Default budget: exactly what `transfer` gives a user with no budget flags, the
+adaptive schedule (training/schedule.py: epochs from the training-set size, a
+bounded number of examples, early stopping on the dev metric, best parameters
+kept), 5 seeds. A small task's official validation set is re-split into dev and
+test per seed (the split is recorded on each cell). Each cell reports the test
+metric; `collect` adds a 95% interval over seeds and test examples and, against
+scratch, the paired per-seed difference with its interval and wins/losses.
 
 The method grid trains each cell with `train-source` (each method at its
 recommended learning rate, same budget) and reports, besides the metric, the
