@@ -648,8 +648,11 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
             for expert, _ in new_experts:
                 if expert.run_id not in known_runs:
                     raise NotFoundError(f"expert {expert.name} ({expert.id}) needs run {expert.run_id}, which is neither given nor stored")
-            for task in new_tasks:
-                session.add(TaskRow(**asdict(task)))
+            if new_tasks:  # restored tasks take fresh revisions, so incremental search indexes see them
+                bump = update(CounterRow).where(CounterRow.name == "tasks").values(value=CounterRow.value + len(new_tasks))
+                last = session.execute(bump.returning(CounterRow.value)).scalar_one()
+                for revision, task in enumerate(new_tasks, start=last - len(new_tasks) + 1):
+                    session.add(TaskRow(**asdict(task), revision=revision))
             session.add_all(run_rows[run.id] for run in new_runs)
             session.flush()  # tasks and runs before the experts that reference them
             for expert, blob in new_experts:

@@ -142,6 +142,25 @@ def test_interrupted_runs_survive_a_downgrade_as_failed_and_upgrade_back(store, 
     again.close()
 
 
+def test_tasks_restored_at_revision_zero_get_fresh_revisions_and_are_searchable(store, registry_url):
+    """0007: tasks an older import wrote with revision 0 sat below every search index's starting point."""
+    for name, vector in {"t/local": [1.0, 0.0, 0.0], "t/restored": [0.0, 1.0, 0.0]}.items():
+        store.upsert_task(TaskRecord(name, f"the {name} task", {}, vector, "migration-embedder"))
+    store.close()
+    engine = _engine(registry_url)
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0006")
+        connection.execute(text("UPDATE tasks SET revision = 0 WHERE name = 't/restored'"))  # as the old import left it
+    engine.dispose()
+    again = open_registry(registry_url)
+    with again.engine.connect() as connection:
+        revisions = dict(connection.execute(text("SELECT name, revision FROM tasks")).all())
+        counter = connection.execute(text("SELECT value FROM registry_counters WHERE name = 'tasks'")).scalar_one()
+    assert revisions["t/restored"] > revisions["t/local"] and counter == max(revisions.values())
+    assert [m.task_name for m in again.nearest_tasks([0.0, 1.0, 0.0], "migration-embedder")] == ["t/restored", "t/local"]
+    again.close()
+
+
 def test_rows_match_migrations(store):
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []

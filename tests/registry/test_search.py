@@ -101,3 +101,14 @@ def test_pgvector_ranks_like_numpy_and_follows_changes(pgvector_server, tmp_path
     put_tasks(store, {"t/05": [1.0] * 16})  # an update is synced on the next query
     assert [m.task_name for m in store.nearest_tasks([1.0] * 16, EMBEDDER, limit=3)] == ["t/05", "t/twin-a", "t/twin-b"]
     store.close()
+
+
+def test_tasks_restored_from_another_registry_are_found_by_an_index_that_is_already_up_to_date(store, numpy_index, tmp_path):
+    put_tasks(store, {"t/local": [1.0, 0.0, 0.0]})
+    assert [m.task_name for m in store.nearest_tasks([1.0, 0.0, 0.0], EMBEDDER)] == ["t/local"]  # the index has state now
+    imported = [TaskRecord(name, f"the {name} task", {}, vector, EMBEDDER) for name, vector in
+                {"t/imported-a": [0.0, 1.0, 0.0], "t/imported-b": [0.0, 0.0, 1.0]}.items()]
+    store.restore(imported, [], [], [])  # what importing a bundle does with its tasks
+    assert [m.task_name for m in store.nearest_tasks([0.0, 1.0, 0.1], EMBEDDER)] == ["t/imported-a", "t/imported-b", "t/local"]
+    fresh = NumpyTaskIndex(store.engine, tmp_path / "another-cache")  # and so is one built from nothing
+    assert {m.task_name for m in fresh.nearest([0.0, 0.0, 1.0], EMBEDDER)} == {"t/local", "t/imported-a", "t/imported-b"}
