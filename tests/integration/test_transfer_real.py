@@ -120,6 +120,23 @@ def test_gate_entropy_falls_as_the_sparsity_weight_rises(registry_url, sources, 
     assert entropies[5.0] < 0.5 * entropies[0.0], entropies
 
 
+def test_source_tasks_without_a_data_embedding_get_one_from_their_own_data(registry_url, sources, shared_data):
+    """A registry from before data embeddings (or an imported bundle's task) ranks by data too after one transfer."""
+    from dataclasses import replace
+
+    registry = open_registry(registry_url)
+    registry.upsert_task(replace(registry.get_task("glue/sst2"), data_embedding=None))
+    job = TransferJob(
+        target="glue/rte", strategy="average", data_dir=shared_data, show_progress=False, max_train_examples=64,
+        name="rte-backfill", training=TrainingConfig(max_steps=2, batch_size=16, eval_every=2, seed=1),
+    )
+    ranking = transfer(registry, job).expert.extra["ranking"]
+    assert {r["task"] for r in ranking} == {"glue/mnli", "glue/sst2"}
+    assert all(r["data_similarity"] is not None for r in ranking)
+    assert all(r["similarity"] == pytest.approx((r["description_similarity"] + r["data_similarity"]) / 2, abs=1e-5) for r in ranking)
+    assert registry.get_task("glue/sst2").data_embedding is not None
+
+
 def test_stored_mixture_reloads_from_the_registry(transferred, registry_url, shared_data):
     registry = open_registry(registry_url)
     model = load_expert_model(registry, transferred.expert, load_backbone(None))

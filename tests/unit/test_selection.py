@@ -81,7 +81,7 @@ def test_missing_candidates_and_embeddings_are_reported(registry):
         select_sources(registry, TARGET, QUERY, "bb", None, None)
 
 
-def test_data_embeddings_join_the_ranking_where_both_tasks_have_them(registry):
+def test_data_embeddings_join_the_ranking_when_every_candidate_task_has_one(registry):
     for name, description, data in (("glue/mnli", [0.9, 0.1, 0], [0, 1, 0]), ("glue/sst2", [0, 0, 1], [1, 0, 0])):
         registry.upsert_task(TaskRecord(name, name, {}, [float(x) for x in description], EMBEDDER, [float(x) for x in data]))
     add(registry, "mnli", "glue/mnli"), add(registry, "sst2", "glue/sst2"), add(registry, "qqp", "glue/qqp")
@@ -90,9 +90,16 @@ def test_data_embeddings_join_the_ranking_where_both_tasks_have_them(registry):
     mnli_description = 0.9 / np.hypot(0.9, 0.1)
     assert ranked["mnli"].description_similarity == pytest.approx(mnli_description, abs=1e-6)
     assert ranked["mnli"].data_similarity == pytest.approx(0.0) and ranked["sst2"].data_similarity == pytest.approx(1.0)
+    # qqp has no data embedding, so one scale for all: the description alone ranks (both similarities still shown).
+    assert ranked["qqp"].data_similarity is None
+    assert ranked["mnli"].similarity == pytest.approx(mnli_description, abs=1e-6) and ranked["sst2"].similarity == pytest.approx(0.0)
+    assert [r.expert.name for r in select_sources(registry, TARGET, query, "bb", None, None)] == ["mnli", "qqp", "sst2"]
+    # Once every candidate has one, each scores the mean of its two similarities.
+    registry.upsert_task(TaskRecord("glue/qqp", "glue/qqp", {}, [0.5, 0.5, 0.0], EMBEDDER, [0.0, 0.0, 1.0]))
+    ranked = {r.expert.name: r for r in select_sources(registry, TARGET, query, "bb", None, None)}
     assert ranked["mnli"].similarity == pytest.approx(mnli_description / 2, abs=1e-6)
     assert ranked["sst2"].similarity == pytest.approx(0.5)
-    assert ranked["qqp"].data_similarity is None and ranked["qqp"].similarity == pytest.approx(0.5**0.5, abs=1e-6)
-    assert [r.expert.name for r in select_sources(registry, TARGET, query, "bb", None, None)] == ["qqp", "sst2", "mnli"]
+    assert ranked["qqp"].similarity == pytest.approx(0.5**0.5 / 2, abs=1e-6)
+    assert [r.expert.name for r in select_sources(registry, TARGET, query, "bb", None, None)] == ["sst2", "mnli", "qqp"]
     # Without a data embedding for the target, the description alone ranks.
     assert [r.expert.name for r in select_sources(registry, TARGET, QUERY, "bb", None, None)] == ["mnli", "qqp", "sst2"]

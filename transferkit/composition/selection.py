@@ -46,7 +46,7 @@ class TaskQuery:
 @dataclass(frozen=True)
 class RankedSource:
     expert: ExpertRecord
-    similarity: float  # what ranks: the mean of the two similarities below, or the description's alone
+    similarity: float  # what ranks: the mean of the two similarities below, or the description's alone if any candidate task has no data embedding
     description_similarity: float | None = None
     data_similarity: float | None = None
 
@@ -79,8 +79,9 @@ def task_scores(registry: RegistryStore, query: TaskQuery, tasks: set[str]) -> d
         for record in registry.list_tasks(sorted(tasks)):
             if record.data_embedding is not None and record.embedder_id == embedder_id():
                 data[record.name] = float(np.dot(np.asarray(record.data_embedding, dtype=np.float32), query.data))
+    use_data = data.keys() == described.keys()  # one scale for every candidate: the data term only if all have it
     return {
-        task: ((similarity + data[task]) / 2 if task in data else similarity, similarity, data.get(task))
+        task: ((similarity + data[task]) / 2 if use_data else similarity, similarity, data.get(task))
         for task, similarity in described.items()
     }
 

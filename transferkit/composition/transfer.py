@@ -27,12 +27,12 @@ from transferkit.composition.heads import map_labels, mapped_head, mix_heads
 from transferkit.composition.mixture import SourceMixture, gate_entropy
 from transferkit.composition.selection import RankedSource, TaskQuery, composable_methods, select_sources, target_embedding
 from transferkit.embedding import embed_task_data
-from transferkit.errors import InvalidInputError
+from transferkit.errors import InvalidInputError, TransferkitError
 from transferkit.methods import METHODS, ExpertModule, get_method
 from transferkit.modeling import TaskModel
 from transferkit.registry import ExpertReader, ExpertRecord, RegistryStore
 from transferkit.task_prompt import TaskPrompt, description_prompt
-from transferkit.task_registry import job_task
+from transferkit.task_registry import ensure_task_record, job_task, resolve_registered_task
 from transferkit.tasks import TaskSpec, load_splits
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
@@ -198,6 +198,20 @@ def _target_prompt(task: TaskSpec, backbone: Backbone, length: int, source_promp
     return TaskPrompt(description_prompt(task.description, backbone, length), source_prompts)
 
 
+def _embed_source_data(registry: RegistryStore, task_names: set[str], job: TransferJob) -> bool:
+    """Give source tasks stored without a data embedding (older registries, imported bundles) one from their own
+    training data where it can be read; True if any was added. Unreadable data leaves the task as it is."""
+    added = False
+    for name in sorted(task_names):
+        try:
+            source_task = resolve_registered_task(registry, name)
+            ensure_task_record(registry, source_task, load_splits(source_task, job.data_dir, seed=job.training.seed).train)
+        except (TransferkitError, OSError, ValueError):
+            continue
+        added = True
+    return added
+
+
 def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     """Train a target expert with the chosen strategy and store it with lineage and cost."""
     _validate(job)
@@ -212,10 +226,15 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     ranking: list[RankedSource] = []
     if job.strategy != "scratch":
         query = TaskQuery(target_embedding(task.description), embed_task_data(splits.train, task.name))
-        ranking = select_sources(
-            registry, task.name, query, backbone.backbone_id, job.sources,
-            1 if job.strategy == "spot" and not job.sources else job.top_k, _source_methods(job),
-        )
+        def rank() -> list[RankedSource]:
+            return select_sources(
+                registry, task.name, query, backbone.backbone_id, job.sources,
+                1 if job.strategy == "spot" and not job.sources else job.top_k, _source_methods(job),
+            )
+
+        ranking = rank()
+        if _embed_source_data(registry, {r.expert.task_name for r in ranking if r.data_similarity is None}, job):
+            ranking = rank()
         if job.strategy == "spot":
             ranking = ranking[:1]
     name, name_is_base = job_expert_name(registry, job.name, f"{task.short_name}-{job.strategy}")
