@@ -535,10 +535,11 @@ from transferkit.cli import (  # noqa: E402 - registered onto the `app` defined 
     search,
     serve,
     task,
+    ui,
     use,
 )
 
-for _commands in (listing, lineage, cost, report, merge, search, interop, gc, task, use, curation, serve):
+for _commands in (listing, lineage, cost, report, merge, search, interop, gc, task, use, curation, serve, ui):
     _commands.register(app)
 
 

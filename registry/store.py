@@ -133,8 +133,12 @@ class RegistryStore(CurationStore, EvaluationStore, abc.ABC):
         """The task with this exact name, if registered."""
 
     @abc.abstractmethod
-    def list_tasks(self, names: Collection[str] | None = None) -> list[TaskRecord]:
-        """All registered tasks (or those of `names` that exist), by name."""
+    def list_tasks(self, names: Collection[str] | None = None, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+        """All registered tasks (or those of `names` that exist), by name; one page with `limit` / `offset`."""
+
+    @abc.abstractmethod
+    def count_tasks(self) -> int:
+        """How many tasks are registered."""
 
     @abc.abstractmethod
     def start_run(
@@ -443,12 +447,18 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
             row = session.get(TaskRow, name)
             return None if row is None else _entity(TaskRecord, row)
 
-    def list_tasks(self, names: Collection[str] | None = None) -> list[TaskRecord]:
-        query = select(TaskRow).order_by(TaskRow.name)
+    def list_tasks(self, names: Collection[str] | None = None, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+        if (limit is not None and limit < 0) or offset < 0:
+            raise InvalidInputError(f"limit and offset must not be negative (got limit={limit}, offset={offset})")
+        query = select(TaskRow).order_by(TaskRow.name).offset(offset).limit(limit)
         if names is not None:
             query = query.where(TaskRow.name.in_(list(names)))
         with self._transaction() as session:
             return [_entity(TaskRecord, row) for row in session.scalars(query)]
+
+    def count_tasks(self) -> int:
+        with self._transaction() as session:
+            return int(session.scalar(select(func.count()).select_from(TaskRow)) or 0)
 
     # runs
 
