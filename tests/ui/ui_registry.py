@@ -1,9 +1,9 @@
 """A small real registry for the UI tests: experts trained on real data with the packaged MiniLM, tiny budgets.
 
-`populate(url, data_dir)` stores: two LoRA source experts (RTE, MRPC; 10 steps on 200 examples), a `compare`
+`populate(url, data_dir)` stores: two LoRA source experts (RTE, MRPC; 10 steps on 64 examples), a `compare`
 grid on CB (scratch, spot and pemt, seeds 1 and 2, 4 steps each: pemt cells are gated mixtures of both
 sources), an evaluation, curation (alias, tags, a note), one run still running (this process, fresh
-heartbeat) and one failed run. `copy_registry(source, target)` moves it to another database through bundles.
+heartbeat) and one failed run. `copy_registry` moves it to another database through bundles.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from transferkit.training.loop import TrainingConfig
 from transferkit.workflows import SourceJob, train_source
 
 GRID = Grid(name="g1", targets=["cb"], strategies=["scratch", "spot", "pemt"], seeds=[1, 2],
-            budget=GridBudget(max_steps=4, batch_size=8, max_length=96))
+            budget=GridBudget(max_steps=4, batch_size=8, max_length=96, eval_every=4))
 
 
 def populate(url: str, data_dir: Path) -> dict[str, str]:
@@ -26,8 +26,8 @@ def populate(url: str, data_dir: Path) -> dict[str, str]:
     ids = {}
     for task in ("rte", "mrpc"):
         expert = train_source(store, SourceJob(
-            task=task, method="lora", data_dir=data_dir, name=f"{task}-lora", max_train_examples=200, show_progress=False,
-            training=TrainingConfig(max_steps=10, batch_size=16, max_length=96, eval_batch_size=128, seed=1),
+            task=task, method="lora", data_dir=data_dir, name=f"{task}-lora", max_train_examples=64, show_progress=False,
+            training=TrainingConfig(max_steps=10, batch_size=16, max_length=96, eval_every=5, eval_batch_size=128, seed=1),
             command=["transferkit", "train-source", task, "--max-steps", "10"],
         ))
         ids[task] = expert.id
@@ -45,19 +45,20 @@ def populate(url: str, data_dir: Path) -> dict[str, str]:
     return ids
 
 
-def add_runs(url: str) -> None:
+def add_runs(url: str, artifacts: str | None = None) -> None:
     """A run of this process with a fresh heartbeat (alive), and one that failed."""
-    store = open_registry(url)
+    store = open_registry(url, artifacts)
     store.start_run("train-source", ["transferkit", "train-source", "sst2"], {"job": {"task": "glue/sst2"}}, 3, {}, {}, {})
     failed = store.start_run("transfer", ["transferkit", "transfer", "--target", "rte"], {"job": {"target": "glue/rte"}}, 4, {}, {}, {})
     store.finish_run(failed.id, "failed", {}, error="RuntimeError: training diverged at step 3")
     store.close()
 
 
-def copy_registry(source: str, target: str, folder: Path) -> None:
+def copy_registry(source: str, source_artifacts: str, target: str, target_artifacts: str, folder: Path) -> None:
     """Every expert of `source` into `target` through bundles (records, artifacts, curation); evaluations and the
     extra runs are added again. Nothing is retrained."""
-    with transferkit.Registry(source) as origin, transferkit.Registry(target) as destination:
+    with (transferkit.Registry(source, artifacts=source_artifacts) as origin,
+          transferkit.Registry(target, artifacts=target_artifacts) as destination):
         experts = origin.experts(limit=1000, order="created")
         for number, expert in enumerate(experts):
             bundle = folder / f"{number}.transferkit.tar.gz"
@@ -68,4 +69,4 @@ def copy_registry(source: str, target: str, folder: Path) -> None:
                 fields = evaluation.to_dict()
                 destination.store.add_evaluation(**{k: fields[k] for k in (
                     "expert_id", "task_name", "split", "metric", "metrics", "interval", "examples", "data_fingerprint", "details")})
-    add_runs(target)
+    add_runs(target, target_artifacts)

@@ -74,7 +74,6 @@ def create_app(registry: Registry, token: str | None = None) -> FastAPI:
     gate = TokenGate(token)
     app = FastAPI(title="transferkit ui", version=transferkit.__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.registry_label = registry_label(registry)
-    app.state.token_required = gate.required
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, gate=gate)
 
@@ -137,7 +136,7 @@ def create_app(registry: Registry, token: str | None = None) -> FastAPI:
         if not gate.required:
             return RedirectResponse(target, status_code=303)
         if not gate.token_matches(form.get("token", [""])[0]):
-            return page(request, "login.html", 401, next=target, wrong=True)
+            return page(request, "login.html", 401, next=target, wrong=True, registry_label="")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(SESSION_COOKIE, gate.session_value(), httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
@@ -230,7 +229,7 @@ class Guard:
             request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE)
         ):
             target = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
-            response = page(request, "login.html", 401, next=target, wrong=False, nav=None)
+            response = page(request, "login.html", 401, next=target, wrong=False, registry_label="")  # not even which registry
             response.headers["www-authenticate"] = 'Bearer realm="transferkit"'
             await response(scope, receive, secured)
             return

@@ -79,10 +79,11 @@ def query_url(request: Request, **changes: Any) -> str:
 
 
 def page(request: Request | None, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    """A rendered page; `registry_label` and `nav` come from the app's state when there is a request."""
+    """A rendered page; `registry_label` (which registry: from the app's state) and `nav` (the highlighted page) may be given."""
     state = request.app.state if request is not None else None
+    context.setdefault("nav", None)
+    context.setdefault("registry_label", getattr(state, "registry_label", ""))
     html = environment.get_template(template).render(
-        request=request, registry_label=getattr(state, "registry_label", ""), token_required=getattr(state, "token_required", False),
-        query_url=(lambda **changes: query_url(request, **changes)) if request is not None else None, **context,
+        request=request, query_url=(lambda **changes: query_url(request, **changes)) if request is not None else None, **context,
     )
     return HTMLResponse(html, status_code=status)
