@@ -676,7 +676,7 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
                         f"expert {expert.name} ({expert.id}) records artifact uri {expert.artifact_uri!r}, but its content "
                         f"is stored at {uri!r}; the record was edited"
                     )
-                session.add(ExpertRow(**asdict(expert)))
+                session.add(ExpertRow(**asdict(expert), dev_score=dev_score(expert.metrics)))  # ranked like any other
             session.flush()  # experts before the edges that reference them (SQLite checks FKs per statement)
             added = {expert.id for expert, _ in new_experts}
             session.add_all(

@@ -117,3 +117,15 @@ def test_read_only_refuses_a_registry_behind_the_schema(registry_url, store):
     with store.engine.connect() as connection:  # untouched: still stamped 0004
         assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
     execute_sql(store, "UPDATE alembic_version SET version_num = '0005'")
+
+
+def test_restored_experts_rank_by_their_dev_metric(store, register, tmp_path):
+    low = register("low", metrics={"primary": "accuracy", "dev": {"accuracy": 0.1}})
+    high = register("high", metrics={"primary": "accuracy", "dev": {"accuracy": 0.9}})
+    copy = open_registry(f"sqlite:///{tmp_path}/copy.db", tmp_path / "copy-blobs")
+    try:
+        copy.restore([store.get_task(TASK)], [store.get_run(low.run_id), store.get_run(high.run_id)],
+                     [(e, store.read_artifact(e)) for e in (low, high)], [])
+        assert [e.name for e in copy.list_experts(order="best")] == ["high", "low"]  # bundles imported: ranked too
+    finally:
+        copy.close()
