@@ -58,7 +58,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from transferkit.errors import ArtifactCorruptError, InvalidInputError, NotFoundError, RegistryError
 from transferkit.registry.artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store, safetensors_metadata
 from transferkit.registry.curation import CurationStore, SqlCuration, restore_curation
-from transferkit.registry.expert_query import expert_filters, expert_ordering, ordered
+from transferkit.registry.expert_query import expert_filters, expert_ordering, page_query
 from transferkit.registry.entities import (
     RUN_STATUSES,
     ExpertCuration,
@@ -738,8 +738,8 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
     ) -> list[ExpertRecord]:
         if (limit is not None and limit < 0) or offset < 0:
             raise InvalidInputError(f"limit and offset must not be negative (got limit={limit}, offset={offset})")
-        query = expert_filters(select(ExpertRow), task_name, method, backbone_id, exclude_run_kind, tag, strategy, text)
-        query = ordered(query, order).offset(offset).limit(limit)
+        ids = expert_filters(select(ExpertRow.id), task_name, method, backbone_id, exclude_run_kind, tag, strategy, text)
+        query = page_query(ids, order, limit, offset)
         with self._transaction() as session:
             return [_entity(ExpertRecord, row) for row in session.scalars(query)]
 
