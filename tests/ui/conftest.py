@@ -55,8 +55,7 @@ def ui(request, ui_home, tmp_path_factory) -> Iterator[UiServer]:
     stop(process)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def chromium(javascript: bool = True) -> Iterator[object]:
     """Headless Chromium (Debian's, through its chromedriver) with a fresh profile and no outbound traffic."""
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
         message = "the browser tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
@@ -74,6 +73,8 @@ def browser() -> Iterator[object]:
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={WIDTH},900"):
         options.add_argument(flag)
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(120)
     try:
@@ -81,3 +82,14 @@ def browser() -> Iterator[object]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    yield from chromium()
+
+
+@pytest.fixture(scope="session")
+def browser_without_js() -> Iterator[object]:
+    """The same browser with JavaScript switched off: pages must still work (links, forms, server-drawn SVG)."""
+    yield from chromium(javascript=False)

@@ -14,7 +14,7 @@ from ui_helpers import screenshot, start_ui, stop
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import transferkit
 from transferkit.accounting import COST_FIELDS, GROUPINGS
@@ -120,6 +120,29 @@ def test_expert_page_shows_metrics_gates_and_a_lineage_graph_that_navigates(ui, 
     screenshot(browser, ui.backend, "expert-source")
 
 
+def test_tables_forms_and_the_graph_work_without_javascript(ui, browser_without_js):
+    driver = browser_without_js
+    driver.get(f"{ui.base}/experts/{ui.ids['pemt']}")
+    assert not driver.find_element(By.CSS_SELECTOR, ".graph-tools").is_displayed()  # ui.js did not run
+    driver.find_element(By.CSS_SELECTOR, f'#lineage-graph a.node[data-id="{ui.ids["rte"]}"]').click()  # plain SVG links
+    wait_for_url(driver, f"/experts/{ui.ids['rte']}")
+    driver.get(f"{ui.base}/experts?per_page=10")
+    driver.find_element(By.CSS_SELECTOR, 'a[data-sort="name"]').click()
+    wait_for_url(driver, "sort=name")
+    names = [r.find_element(By.CSS_SELECTOR, ".c-name a").text for r in rows(driver)]
+    assert len(names) == 8 and names == sorted(names)
+    search = driver.find_element(By.NAME, "q")
+    search.send_keys("spot")
+    search.submit()
+    wait_for_url(driver, "q=spot")
+    assert len(rows(driver)) == 2
+    driver.get(f"{ui.base}/cost")
+    Select(driver.find_element(By.NAME, "by")).select_by_value("method")
+    driver.find_element(By.CSS_SELECTOR, "#cost-filters button[type=submit]").click()
+    wait_for_url(driver, "by=method")
+    assert driver.find_element(By.ID, "cost-groups").get_attribute("data-by") == "method"
+
+
 def test_cost_page_totals_equal_cost_json(ui, browser):
     for by in GROUPINGS:
         browser.get(f"{ui.base}/cost?by={by}")
@@ -182,7 +205,8 @@ def test_a_browser_signs_in_with_the_token(ui, browser, tmp_path):
         screenshot(browser, ui.backend, "sign-in")
         browser.find_element(By.NAME, "token").send_keys("not-the-token-but-long-enough")
         browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-        assert browser.find_element(By.ID, "login-error").is_displayed()
+        error = WebDriverWait(browser, 60).until(expected_conditions.presence_of_element_located((By.ID, "login-error")))
+        assert error.is_displayed()
         browser.find_element(By.NAME, "token").send_keys(TOKEN)
         browser.find_element(By.CSS_SELECTOR, "form.login button").click()
         wait_for_url(browser, "/experts?sort=name")  # back where the browser was going

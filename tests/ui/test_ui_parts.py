@@ -1,0 +1,88 @@
+"""The UI's building blocks without a server: path redaction, bind and token rules, SVG charts, gate views."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from transferkit.errors import InvalidInputError
+from transferkit.registry import ExpertRecord
+from transferkit.ui import svg, views
+from transferkit.ui.security import TokenGate, check_bind, redact_paths
+from transferkit.webserver import is_loopback
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("/tmp/pytest-of-root/x/registry.db", "…/registry.db"),
+    ("cannot read /home/alice/data/cr.toml, stopping", "cannot read …/cr.toml, stopping"),
+    ("sqlite:////srv/team/registry.db", "sqlite:///…/registry.db"),
+    ("file:///var/lib/x/blob.safetensors", "file:///…/blob.safetensors"),
+    ("--model=/opt/models/tiny-bert/", "--model=…/tiny-bert"),
+    ("C:\\Users\\me\\registry.db", "…/registry.db"),
+    ("s3://bucket/prefix/blob", "s3://bucket/prefix/blob"),  # a URL with a host is not a local path
+    ("/experts/abc123 and /static/ui.css", "/experts/abc123 and /static/ui.css"),  # this app's own links
+    ("glue/rte, superglue/cb, 1/2", "glue/rte, superglue/cb, 1/2"),
+    ('<svg xmlns="http://www.w3.org/2000/svg">', '<svg xmlns="http://www.w3.org/2000/svg">'),
+])
+def test_absolute_paths_are_cut_to_their_last_part(text, shown):
+    assert redact_paths(text) == shown
+
+
+def test_binding_rules():
+    for host in ("127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"):
+        assert is_loopback(host)
+        check_bind(host, None)
+    for host in ("0.0.0.0", "::", "192.168.1.20"):
+        assert not is_loopback(host)
+        with pytest.raises(InvalidInputError, match="needs a token"):
+            check_bind(host, None)
+        check_bind(host, "x" * 16)
+    for bad in ("example.com", "db.internal", "", "127.0.0.1:80"):
+        with pytest.raises(InvalidInputError, match="must be an IP address"):
+            check_bind(bad, "x" * 16)
+    for token in ("short", " " + "x" * 20, "x" * 15 + "\n"):
+        with pytest.raises(InvalidInputError, match="at least 16 printable"):
+            check_bind("127.0.0.1", token)
+
+
+def test_token_gate():
+    assert TokenGate(None).allows(None, None)
+    gate = TokenGate("correct-horse-battery")
+    assert gate.allows("Bearer correct-horse-battery", None) and gate.allows("bearer  correct-horse-battery ", None)
+    assert not gate.allows("Bearer correct-horse-batter", None) and not gate.allows("Basic correct-horse-battery", None)
+    assert not gate.allows("Bearer correct-horse-battery\u00e9", None)  # non-ASCII input compares without errors
+    assert gate.allows(None, gate.session_value()) and not gate.allows(None, "correct-horse-battery")
+    assert TokenGate("correct-horse-battery").session_value() != gate.session_value()  # per server process
+    assert "correct-horse-battery" not in gate.session_value()
+
+
+def test_charts_are_svg_with_every_value():
+    heat = svg.heatmap(["a", "b"], ["x", "y", "z"], [[0.1, None, 0.3], [0.4, 0.5, 1.0]], title="t", vmax=1.0)
+    assert heat.count('class="cell"') == 5 and heat.count("cell empty") == 1 and 'data-value="0.4"' in heat
+    bars = svg.bar_chart(["rte", "cb"], ["scratch", "pemt"], lambda c, s: None if (c, s) == ("cb", "scratch") else (50.0, 40.0, 60.0),
+                         title="grid", y_label="score")
+    assert bars.count('class="bar"') == 3 and bars.count("<path") == 3 and "style=" not in bars
+    lines = svg.line_chart({"loss": [(1, 1.0), (2, 0.5)], "dev": [(2, 0.7)]}, title="curves", x_label="step", y_label="y")
+    assert lines.count("<polyline") == 2 and 'data-points="1"' in lines
+    assert svg.nice_ticks(0.43, 0.43)[0] < 0.43 < svg.nice_ticks(0.43, 0.43)[-1]  # one value: a band around it
+    assert svg.nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
+    assert re.fullmatch(r"#[0-9a-f]{6}", svg.color(0.5)) and svg.color(-1) == "#440154" and svg.color(2) == "#fde725"
+
+
+def _expert(extra: dict) -> ExpertRecord:
+    return ExpertRecord("e1", "x", "glue/rte", "mixture", {}, {}, "bb", "sha256/x", "0" * 64, 1, 1, {}, "r1",
+                        datetime.now(timezone.utc), extra)
+
+
+def test_gate_views_for_pemt_attempt_and_mept():
+    pemt = views._gates(_expert({"gate_weights": {"sources": ["a", "b"], "mean": {"a": 0.7, "b": 0.3},
+                                                  "per_layer": {"encoder.layer.0": [0.6, 0.4], "encoder.layer.1": [0.8, 0.2]},
+                                                  "zero_expert": {"per_layer": {"encoder.layer.0": 0.1, "encoder.layer.1": 0.2}}}}))
+    assert (pemt["layers"], pemt["columns"]) == (2, 3) and pemt["heatmap"].count('class="cell"') == 6
+    attempt = views._gates(_expert({"gate_weights": {"sources": ["a", "b"], "mean": {"a": 0.5, "b": 0.2}, "target": 0.3}}))
+    assert "heatmap" not in attempt and attempt["attention"].count('class="bar"') == 3
+    assert views._gates(_expert({})) is None
+    load = views._expert_load(_expert({"method_statistics": {"expert_load": {"layer.0": [3, 1, 0], "layer.1": [2, 2]}}}))
+    assert load.count('class="cell"') == 5 and load.count("cell empty") == 1
