@@ -15,7 +15,9 @@ from transferkit.lineage import LineageGraph, LineageNode
 from transferkit.registry import LineageEdge
 
 MAX_NODES = 60  # per direction; nearest first (the edges come ordered by distance)
-NODE_W, NODE_H, COLUMN_GAP, ROW_GAP = 210, 58, 120, 18
+NODE_W, NODE_H, COLUMN_GAP, ROW_GAP = 210, 58, 170, 22
+# Edge labels keep a halo of the background colour, so they stay legible where edges cross them.
+HALO = 'paint-order="stroke" stroke="#fbfcfd" stroke-width="3" stroke-linejoin="round"'
 ROLE_COLORS = {"source": "#0072B2", "init": "#E69F00", "merged-from": "#009E73", "reproduces": "#CC79A7", "imported-from": "#666666"}
 
 
@@ -64,11 +66,11 @@ def lineage_svg(ancestors: LineageGraph, descendants: LineageGraph) -> tuple[Mar
     return svg, left_out
 
 
-def edge_text(edge: LineageEdge, child: LineageNode) -> str:
-    """What an edge says: role, weight (the gate's mean share for a source) and the data the child was trained on."""
+def _edge_labels(edge: LineageEdge, child: LineageNode) -> tuple[str, str]:
+    """What an edge says: role and weight (the gate's mean share for a source), and the data the child was trained on."""
     weight = "" if edge.weight is None else f" {edge.weight:.3f}"
     data = child.data.get("fingerprint")
-    return f"{edge.role}{weight}" + (f" · data {data[:10]}" if data else "")
+    return f"{edge.role}{weight}", f"data {data[:10]}" if data else "data unknown"
 
 
 def _edge(edge: LineageEdge, place: dict[str, tuple[float, float]], nodes: dict[str, LineageNode]) -> str:
@@ -77,15 +79,19 @@ def _edge(edge: LineageEdge, place: dict[str, tuple[float, float]], nodes: dict[
     bend = max(40.0, abs(x2 - x1) / 2)
     colour = ROLE_COLORS.get(edge.role, "#555555")
     child = nodes[edge.child_id]
-    text = edge_text(edge, child)
-    tip = f"{nodes[edge.parent_id].name} → {child.name}: {text}"
-    mid_x, mid_y = (x1 + x2) / 2, (y1 + y2) / 2 - 5
+    role, data = _edge_labels(edge, child)
+    tip = f"{nodes[edge.parent_id].name} → {child.name}: {role}, {data} ({child.data.get('fingerprint') or '-'})"
+    # Labels sit 60% along the curve, where the edges of one node fan out towards their other ends.
+    t = 0.6
+    mid_x = (1 - t) ** 3 * x1 + 3 * (1 - t) ** 2 * t * (x1 + bend) + 3 * (1 - t) * t**2 * (x2 - bend) + t**3 * x2
+    mid_y = (1 - t) ** 3 * y1 + 3 * (1 - t) ** 2 * t * y1 + 3 * (1 - t) * t**2 * y2 + t**3 * y2
     return (
         f'<g class="edge" data-parent="{escape(edge.parent_id)}" data-child="{escape(edge.child_id)}" data-role="{escape(edge.role)}"'
         f' data-weight="{"" if edge.weight is None else repr(edge.weight)}" data-data="{escape(child.data.get("fingerprint") or "")}">'
         f'<path d="M{x1:.1f} {y1:.1f}C{x1 + bend:.1f} {y1:.1f} {x2 - bend:.1f} {y2:.1f} {x2:.1f} {y2:.1f}" fill="none" '
         f'stroke="{colour}" stroke-width="1.6" marker-end="url(#arrow)"/>'
-        f'<text x="{mid_x:.1f}" y="{mid_y:.1f}" font-size="10" text-anchor="middle" fill="{colour}">{escape(text)}</text>'
+        f'<text x="{mid_x:.1f}" y="{mid_y - 5:.1f}" font-size="10" text-anchor="middle" fill="{colour}" {HALO}>{escape(role)}</text>'
+        f'<text x="{mid_x:.1f}" y="{mid_y + 12:.1f}" font-size="9.5" text-anchor="middle" fill="#555555" {HALO}>{escape(data)}</text>'
         f"<title>{escape(tip)}</title></g>"
     )
 

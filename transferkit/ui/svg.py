@@ -173,7 +173,7 @@ def line_chart(lines: dict[str, list[tuple[float, float]]], *, title: str, x_lab
     points = [p for line in lines.values() for p in line]
     xs, ys = [p[0] for p in points] or [0.0, 1.0], [p[1] for p in points] or [0.0, 1.0]
     x_ticks, y_ticks = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
-    left, top, bottom, right = 64, 34, 230, 560
+    left, top, bottom, right = 64, 34, 220, 500
     sx = lambda v: left + (v - x_ticks[0]) / max(x_ticks[-1] - x_ticks[0], 1e-12) * (right - left)  # noqa: E731
     sy = lambda v: bottom - (v - y_ticks[0]) / max(y_ticks[-1] - y_ticks[0], 1e-12) * (bottom - top)  # noqa: E731
     body = _axis(y_ticks, sy, left, right, fmt, y_label, top, bottom)
