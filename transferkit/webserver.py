@@ -34,7 +34,9 @@ def bind(host: str, port: int) -> socket.socket:
     if not 1 <= port <= 65535:
         raise InvalidInputError(f"--port must be between 1 and 65535, got {port}")
     address = "127.0.0.1" if host == "localhost" else host.strip("[]")
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on accepted sockets that say they are TCP;
+    # with Nagle on, a keep-alive client waits ~40 ms for every response written in two parts (delayed ACK).
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart at once after a stop
     try:
         sock.bind((address, port))

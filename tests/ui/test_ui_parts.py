@@ -86,3 +86,26 @@ def test_gate_views_for_pemt_attempt_and_mept():
     assert views._gates(_expert({})) is None
     load = views._expert_load(_expert({"method_statistics": {"expert_load": {"layer.0": [3, 1, 0], "layer.1": [2, 2]}}}))
     assert load.count('class="cell"') == 5 and load.count("cell empty") == 1
+
+
+def test_bound_sockets_say_they_are_tcp():
+    """asyncio switches Nagle off only for sockets whose proto is TCP; otherwise keep-alive clients wait ~40 ms a page."""
+    import socket
+
+    from transferkit.webserver import bind
+
+    sock = bind("127.0.0.1", _free_port())
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
+    with pytest.raises(InvalidInputError, match="--port must be between 1 and 65535"):
+        bind("127.0.0.1", 0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -3,6 +3,7 @@ to it, and screenshots. All traffic goes to 127.0.0.1; servers are stopped by th
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import signal
@@ -90,12 +91,12 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def screenshot(driver, backend: str, name: str) -> Path:
-    """The whole page as tests/ui/screenshots/<backend>/<name>.png (the window grown to the page's height)."""
+    """The whole page (beyond the window, through the DevTools protocol) as tests/ui/screenshots/<backend>/<name>.png."""
     folder = SCREENSHOTS / backend
     folder.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(WIDTH, min(max(int(height) + 20, 600), 4000))
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": WIDTH, "height": min(int(size["height"]), 4000), "scale": 1}
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
     path = folder / f"{name}.png"
-    driver.save_screenshot(str(path))
-    driver.set_window_size(WIDTH, 900)
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
