@@ -50,8 +50,9 @@ from transferkit.cli.common import (
     primary_value,
     print_json,
 )
-from transferkit.errors import InvalidInputError, TransferkitError
+from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted, TransferkitError
 from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY
+from transferkit.training.interrupt import ImmediateStop
 
 app = typer.Typer(
     name="transferkit",
@@ -423,14 +424,23 @@ def _compare_methods(
 @app.command("inspect")
 def inspect_command(
     ctx: typer.Context,
-    expert: Annotated[str, typer.Argument(help="Expert id, id prefix, name or alias.")],
+    expert: Annotated[str, typer.Argument(help="Expert id, id prefix, name or alias, or a run id.")],
     registry: RegistryOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Everything known about one expert (curation and stored evaluations too); verifies its artifact's sha256."""
+    """Everything known about one expert (curation and stored evaluations too; verifies its artifact's sha256), or one run."""
     store = open_store(global_options(ctx, registry, None, artifacts))
-    record = store.get_expert(expert)
+    try:
+        record = store.get_expert(expert)
+    except NotFoundError:
+        from transferkit.cli.runs import find_run, inspect_run
+
+        run = find_run(store, expert)
+        if run is None:
+            raise
+        inspect_run(store, run, as_json)
+        return
     from transferkit.inspection import expert_details
 
     details = expert_details(store, record)
@@ -563,6 +573,12 @@ def main() -> None:
     except _ABORTS:
         err.print("aborted")
         sys.exit(130)
+    except TrainingInterrupted as error:  # not an error: one line on how to resume, the signal's exit code
+        err.print(one_line(str(error)), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except ImmediateStop as error:  # a second stop signal outside a training job's own handling
+        err.print(f"interrupted: {error}", markup=False, highlight=False)
+        sys.exit(error.exit_code)
     except TransferkitError as error:
         err.print(f"error: {one_line(str(error))}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)

@@ -30,17 +30,24 @@ def gc_command(
             "and a failed run's checkpoint untouched for longer is removed.",
         ),
     ] = 24.0,
+    include_interrupted: Annotated[
+        bool,
+        typer.Option("--include-interrupted",
+                     help="Also remove the checkpoints of interrupted runs untouched for --older-than hours "
+                          "(by default they are kept: a stop signal wrote them to be resumed)."),
+    ] = False,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Close stale runs as failed and remove orphaned blobs and stale checkpoints (a dry run unless --apply)."""
+    """Close stale runs as failed and remove orphaned blobs and stale checkpoints (a dry run unless --apply);
+    list the runs that can be resumed."""
     from transferkit.gc import BLOB_GRACE, collect_garbage
     from transferkit.registry.liveness import describe_duration
 
     if not 0 < older_than <= MAX_HOURS:  # nan fails both comparisons
         raise InvalidInputError(f"--older-than must be a positive number of hours up to {MAX_HOURS:,}, got {older_than}")
     store = open_store(global_options(ctx, registry, None))
-    report = collect_garbage(store, apply=apply, older_than=timedelta(hours=older_than))
+    report = collect_garbage(store, apply=apply, older_than=timedelta(hours=older_than), include_interrupted=include_interrupted)
     if as_json:
         print_json(report.to_dict())
         return
@@ -51,6 +58,13 @@ def gc_command(
     for item in report.items:
         table.add_row(item.kind, item.target, _size(item.bytes) if item.bytes else "-", item.reason)
     out.print(table)
+    if report.resumable:
+        resumable = Table(title=f"resumable runs ({len(report.resumable)}): their checkpoints are kept")
+        for column in ("run", "checkpoint size", "state and how to resume"):
+            resumable.add_column(column, overflow="fold")
+        for item in report.resumable:
+            resumable.add_row(item.target, _size(item.bytes) if item.bytes else "-", item.reason)
+        out.print(resumable)
     if report.kept:
         err.print(f"kept {len(report.kept)} unreferenced blob(s) younger than the {describe_duration(BLOB_GRACE)} grace period", highlight=False)
     if not apply and report.items:

@@ -72,6 +72,9 @@ def reproduce_command(
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted or failed reproduction (same --name) from its checkpoint.")
+    ] = False,
 ) -> None:
     """Re-run the recorded job of an expert (same settings and seed) into the registry and compare its metrics."""
     from transferkit.reproduce import reproduce
@@ -81,7 +84,7 @@ def reproduce_command(
     store = open_store(options)
     result = reproduce(
         store, expert, data_dir=options.data_dir, name=name, command=["transferkit", *sys.argv[1:]],
-        show_progress=not quiet,
+        show_progress=not quiet, resume=resume,
     )
     if as_json:
         print_json(result.to_dict())

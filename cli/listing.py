@@ -30,13 +30,27 @@ def list_command(
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
     offset: Annotated[int, typer.Option(help="Skip this many rows (newest first).")] = 0,
+    runs: Annotated[
+        bool, typer.Option("--runs", help="List runs instead: status, heartbeat, and for unfinished ones the latest "
+                                          "checkpoint and how to resume.")
+    ] = False,
+    status: Annotated[
+        Optional[str], typer.Option(help="With --runs: only runs of this status (running, finished, failed, interrupted).")
+    ] = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List stored experts, newest first (or best first on a task with --evaluated-on)."""
+    """List stored experts, newest first (or best first on a task with --evaluated-on), or with --runs the runs."""
     options = global_options(ctx, registry, None)
     if not (1 <= limit < 2**63 and 0 <= offset < 2**63):  # SQL LIMIT/OFFSET are 64-bit integers
         raise TransferkitError("--limit must be at least 1 and --offset at least 0 (both below 2^63)")
+    if runs or status is not None:
+        from transferkit.cli.runs import list_runs
+
+        if any(value is not None for value in (task, method, tag, evaluated_on)):
+            raise TransferkitError("--task, --method, --tag and --evaluated-on filter experts; drop them with --runs")
+        list_runs(open_store(options), status, limit, offset, as_json)
+        return
     store = open_store(options)
     if evaluated_on is not None:
         print_evaluated(store, evaluated_on, limit, as_json)

@@ -22,6 +22,7 @@ referenced is never old. Readers verify the sha256 recorded in the registry (see
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import json
 import os
@@ -33,10 +34,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
-from transferkit.durable import fsync_dir, write_durably
+from transferkit.durable import fsync_dir, size_text, write_durably, write_failure
 from transferkit.errors import ArtifactCorruptError, RegistryError
 
-ARTIFACTS_HINT = "make it writable or choose another store with --artifacts or TRANSFERKIT_ARTIFACTS"
+ARTIFACTS_HINT = "free space or make it writable, or choose another store with --artifacts or TRANSFERKIT_ARTIFACTS"
 
 BLOB_FOLDER = "sha256"
 
@@ -110,13 +111,14 @@ class LocalArtifactStore(ArtifactStore):
             try:
                 write_durably(tmp, data)
                 os.replace(tmp, target)
-            finally:
+            finally:  # a failed or interrupted write leaves no partial file
                 tmp.unlink(missing_ok=True)
             for folder in (target.parent, target.parent.parent, self.root):  # make the new names durable
                 fsync_dir(folder)
         except OSError as error:
             raise RegistryError(
-                f"cannot write an artifact under {self.root} ({error.strerror or error}); {ARTIFACTS_HINT}"
+                f"cannot write the artifact {target} ({write_failure(error, target, len(data))}); nothing was stored; "
+                f"{ARTIFACTS_HINT}"
             ) from error
         return uri, digest, len(data)
 
@@ -175,14 +177,19 @@ class FsspecArtifactStore(ArtifactStore):
         digest = hashlib.sha256(data).hexdigest()
         key = blob_key(digest, suffix)
         target = f"{self.root}/{key}"
+        temporary = f"{self.root}/tmp/{digest}.{uuid.uuid4().hex[:8]}"
         try:
             if self.fs.exists(target) and self.fs.cat_file(target) == data:
                 return f"{self.url}/{key}", digest, len(data)
-            temporary = f"{self.root}/tmp/{digest}.{uuid.uuid4().hex[:8]}"
             self.fs.pipe_file(temporary, data)
             self.fs.mv(temporary, target)
         except Exception as error:  # noqa: BLE001 - backends raise OSError, botocore and aiohttp errors alike
-            raise RegistryError(f"cannot write an artifact under {self.url} ({_first_line(error)}); {ARTIFACTS_HINT}") from error
+            with contextlib.suppress(Exception):  # a partial temporary object, if the store kept one
+                self.fs.rm(temporary)
+            raise RegistryError(
+                f"cannot write the artifact {self.url}/{key} ({_first_line(error)}; it needs {size_text(len(data))}); nothing was "
+                f"stored; {ARTIFACTS_HINT}"
+            ) from error
         return f"{self.url}/{key}", digest, len(data)
 
     def _read_key(self, uri: str) -> bytes:

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-RUN_STATUSES = ("running", "finished", "failed")
+# `interrupted`: stopped on a signal with a checkpoint to resume from (migration 0006).
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
 
 class _Record:

@@ -104,7 +104,7 @@ class CounterRow(Base):
 
 class RunRow(Base):
     __tablename__ = "runs"
-    __table_args__ = (CheckConstraint("status IN ('running', 'finished', 'failed')", name="status"),)
+    __table_args__ = (CheckConstraint("status IN ('running', 'finished', 'failed', 'interrupted')", name="status"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(50))

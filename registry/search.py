@@ -19,6 +19,7 @@ changed. Two interchangeable indexes rank tasks by cosine similarity, ties by ta
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import json
 import os
@@ -182,20 +183,24 @@ class NumpyTaskIndex(TaskSearchIndex):
         """Write new files, then switch the state file to them atomically; a reader never sees a mix."""
         state_path = self._paths(embedder_id)
         stem = f"{state_path.stem}-{uuid.uuid4().hex[:8]}"
+        new_files = [self._folder / f"{stem}.npy", self._folder / f"{stem}.names.json"]
+        temporary = state_path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
         try:
             self._folder.mkdir(parents=True, exist_ok=True)
-            np.save(self._folder / f"{stem}.npy", np.ascontiguousarray(matrix.vectors))
-            (self._folder / f"{stem}.names.json").write_text(json.dumps(matrix.names))
+            np.save(new_files[0], np.ascontiguousarray(matrix.vectors))
+            new_files[1].write_text(json.dumps(matrix.names))
             state = {"registry_id": matrix.registry_id, "revision": matrix.revision, "embedder_id": embedder_id,
-                     "vectors": f"{stem}.npy", "names": f"{stem}.names.json"}
-            temporary = state_path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+                     "vectors": new_files[0].name, "names": new_files[1].name}
             temporary.write_text(json.dumps(state))
             os.replace(temporary, state_path)
-            for old in self._folder.glob(f"{state_path.stem}-*"):
-                if not old.name.startswith(stem):
+        except OSError:  # an unwritable cache only costs the next process a rebuild; no partial file stays
+            for partial in (*new_files, temporary):
+                partial.unlink(missing_ok=True)
+            return
+        for old in self._folder.glob(f"{state_path.stem}-*"):
+            if not old.name.startswith(stem):
+                with contextlib.suppress(OSError):
                     old.unlink(missing_ok=True)
-        except OSError:
-            pass  # an unwritable cache only costs the next process a rebuild
 
 
 class PgvectorTaskIndex(TaskSearchIndex):

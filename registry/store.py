@@ -155,19 +155,21 @@ class RegistryStore(CurationStore, EvaluationStore, abc.ABC):
 
     @abc.abstractmethod
     def finish_run(self, run_id: str, status: str, cost: dict, error: str | None = None) -> RunRecord:
-        """Close a running run as `finished` or `failed` with what it cost."""
+        """Close a running run as `finished`, `failed` or `interrupted` (stopped on a signal, resumable) with what it cost."""
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRecord:
         """The run with this id (NotFoundError otherwise)."""
 
     @abc.abstractmethod
-    def list_runs(self, *, kind: str | None = None, statuses: Sequence[str] | None = None) -> list[RunRecord]:
-        """Runs of this kind and these statuses (default: all), newest first."""
+    def list_runs(
+        self, *, kind: str | None = None, statuses: Sequence[str] | None = None, limit: int | None = None, offset: int = 0
+    ) -> list[RunRecord]:
+        """Runs of this kind and these statuses (default: all), newest first; one page with `limit` / `offset`."""
 
     @abc.abstractmethod
     def reopen_run(self, run_id: str, max_silence: timedelta = DEFAULT_MAX_SILENCE) -> RunRecord:
-        """Make a failed or abandoned running run `running` again for this process (resume).
+        """Make a failed, interrupted or abandoned running run `running` again for this process (resume).
 
         A run whose process may still be alive is refused (InvalidInputError), so two processes never
         continue the same run.
@@ -495,7 +497,7 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
 
     def finish_run(self, run_id: str, status: str, cost: dict, error: str | None = None) -> RunRecord:
         if status not in RUN_STATUSES[1:]:
-            raise InvalidInputError(f"a run can only finish as 'finished' or 'failed', not {status!r}")
+            raise InvalidInputError(f"a run can only finish as one of {', '.join(RUN_STATUSES[1:])}, not {status!r}")
         cost_values = _split_cost(cost)
         with self._transaction(write=True) as session:
             row = _running_run(session, run_id)
@@ -506,8 +508,12 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
         with self._transaction() as session:
             return _run_entity(_run_row(session, run_id))
 
-    def list_runs(self, *, kind: str | None = None, statuses: Sequence[str] | None = None) -> list[RunRecord]:
-        query = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc())
+    def list_runs(
+        self, *, kind: str | None = None, statuses: Sequence[str] | None = None, limit: int | None = None, offset: int = 0
+    ) -> list[RunRecord]:
+        if (limit is not None and limit < 0) or offset < 0:
+            raise InvalidInputError(f"limit and offset must not be negative (got limit={limit}, offset={offset})")
+        query = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc()).offset(offset).limit(limit)
         if kind is not None:
             query = query.where(RunRow.kind == kind)
         if statuses is not None:

@@ -5,6 +5,8 @@ backbone) is a `TransferkitError`; the CLI prints its message as one line and
 exits non-zero. Anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 
 class TransferkitError(Exception):
     """An error whose message is a complete, actionable sentence for the user."""
@@ -53,3 +55,20 @@ class OutputError(TransferkitError):
 
 class RemoteError(TransferkitError):
     """A remote (a shared folder, the Hugging Face Hub) could not be reached or refused a transfer."""
+
+
+class TrainingInterrupted(TransferkitError):
+    """A job stopped on a signal (SIGTERM, SIGINT, SIGUSR1) at an optimizer-step boundary, its state checkpointed.
+
+    The run is recorded as `interrupted` and can be resumed; the exit code is the shell's "ended by signal N"
+    convention, 128 + N (143 for SIGTERM, 130 for SIGINT), so schedulers and scripts see why the job ended.
+    """
+
+    def __init__(self, what: str, signal_number: int, how_to_resume: str = "resume with the same command plus --resume") -> None:
+        self.what, self.signal_number, self.how_to_resume = what, signal_number, how_to_resume
+        self.exit_code = 128 + signal_number
+        super().__init__(f"{what}; {how_to_resume}")
+
+    def resumed_by(self, how_to_resume: str) -> TrainingInterrupted:
+        """The same interruption with other resume instructions (e.g. a `compare` grid's)."""
+        return TrainingInterrupted(self.what, self.signal_number, how_to_resume)

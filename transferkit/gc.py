@@ -9,7 +9,12 @@
   expert being stored at this moment never loses its blob.
 - **stale checkpoints**: checkpoint folders of runs that finished (their expert is stored) or that
   the registry does not know, of failed runs untouched for longer than `older_than` (they could
-  still be resumed until then), and temporary folders of interrupted checkpoint writes.
+  still be resumed until then), and temporary folders of interrupted checkpoint writes. An
+  `interrupted` run's checkpoint (a stop signal wrote it to be resumed) is kept however old, unless
+  `include_interrupted`.
+
+The report also lists **resumable runs** (interrupted, failed or abandoned, with the checkpoint gc
+keeps for them), so a team sees what can be continued and how; gc never changes them.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from pathlib import Path
 from transferkit.errors import OutputError
 from transferkit.registry import LocalArtifactStore, RegistryStore
 from transferkit.registry.liveness import abandonment, describe_duration
+from transferkit.runs import run_state
 from transferkit.training.checkpoint import list_checkpoints
+from transferkit.training.interrupt import how_to_resume
 
 BLOB_GRACE = timedelta(hours=1)
 DEFAULT_OLDER_THAN = timedelta(hours=24)
-KINDS = ("stale-run", "orphaned-blob", "stale-checkpoint")
+KINDS = ("stale-run", "orphaned-blob", "stale-checkpoint", "resumable-run")
 
 
 @dataclass(frozen=True)
@@ -44,22 +51,27 @@ class GcReport:
     applied: bool
     items: list[GcItem] = field(default_factory=list)  # removed (applied) or to be removed (dry run)
     kept: list[GcItem] = field(default_factory=list)  # found but protected (too recent)
+    resumable: list[GcItem] = field(default_factory=list)  # runs that can be resumed, with the checkpoint kept for them
 
     def to_dict(self) -> dict:
         return {
             "applied": self.applied,
             "items": [asdict(item) for item in self.items],
             "kept": [asdict(item) for item in self.kept],
+            "resumable": [asdict(item) for item in self.resumable],
             "bytes": sum(item.bytes for item in self.items),
         }
 
 
-def collect_garbage(registry: RegistryStore, *, apply: bool = False, older_than: timedelta = DEFAULT_OLDER_THAN) -> GcReport:
-    """What gc would remove (`apply=False`), or remove it and report what was removed."""
+def collect_garbage(
+    registry: RegistryStore, *, apply: bool = False, older_than: timedelta = DEFAULT_OLDER_THAN, include_interrupted: bool = False
+) -> GcReport:
+    """What gc would remove (`apply=False`), or remove it and report what was removed; and what can be resumed."""
     report = GcReport(applied=apply)
     _stale_runs(registry, report, older_than)
     _orphaned_blobs(registry, report)
-    _stale_checkpoints(registry, report, older_than)
+    _stale_checkpoints(registry, report, older_than, include_interrupted)
+    _resumable_runs(registry, report, older_than)
     return report
 
 
@@ -91,7 +103,7 @@ def _orphaned_blobs(registry: RegistryStore, report: GcReport) -> None:
     report.items.extend(item for item in candidates if removed is None or item.target in removed)
 
 
-def _stale_checkpoints(registry: RegistryStore, report: GcReport, older_than: timedelta) -> None:
+def _stale_checkpoints(registry: RegistryStore, report: GcReport, older_than: timedelta, include_interrupted: bool) -> None:
     root = registry.checkpoint_root
     if not root.is_dir():
         return
@@ -106,13 +118,29 @@ def _stale_checkpoints(registry: RegistryStore, report: GcReport, older_than: ti
             reason = "its run is not in the registry"
         elif status == "finished":
             reason = "its run finished (the expert is stored)"
-        elif status == "failed" and now - modified > older_than.total_seconds():
-            reason = f"its run failed and it was last written {describe_duration(timedelta(seconds=now - modified))} ago"
+        elif status in (("failed", "interrupted") if include_interrupted else ("failed",)) and now - modified > older_than.total_seconds():
+            ended = "was interrupted" if status == "interrupted" else "failed"
+            reason = f"its run {ended} and it was last written {describe_duration(timedelta(seconds=now - modified))} ago"
         else:
             _interrupted_writes(folder, report, now)
             continue
         if _act(report, lambda: _remove_tree(folder)):
             report.items.append(GcItem("stale-checkpoint", str(folder), size, reason))
+
+
+def _resumable_runs(registry: RegistryStore, report: GcReport, older_than: timedelta) -> None:
+    """Unfinished runs `--resume` can continue, with the checkpoint gc keeps for them (listed, never changed)."""
+    removed = {item.target for item in report.items if item.kind == "stale-checkpoint"}
+    closing = {item.target for item in report.items if item.kind == "stale-run"}
+    for run in registry.list_runs(statuses=("interrupted", "failed", "running")):
+        state = run_state(registry, run, older_than)
+        if not state.resumable and run.id not in closing:
+            continue
+        checkpoint = state.checkpoint if state.checkpoint is not None and str(state.checkpoint.path.parent) not in removed else None
+        if run.status == "interrupted" or checkpoint is not None:
+            where = f"checkpoint at step {checkpoint.step} in {checkpoint.path}" if checkpoint else "no checkpoint kept"
+            report.resumable.append(GcItem("resumable-run", run.id, checkpoint.bytes if checkpoint else 0,
+                                           f"{run.kind} run {run.status}; {where}; {how_to_resume(run.command, spell_out=True)}"))
 
 
 def _interrupted_writes(folder: Path, report: GcReport, now: float) -> None:

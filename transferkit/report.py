@@ -2,12 +2,17 @@
 
 `build_report` writes `index.html` and matplotlib PNGs into one folder; the page uses inline
 CSS and relative image paths only, so the folder can be copied or archived and opened offline.
+The files are written into a staging folder and moved into place together, so a write that fails
+(a full disk) leaves the folder as it was.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import os
+import shutil
+import uuid
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +28,7 @@ import numpy as np
 
 from transferkit.accounting import aggregate, expert_costs
 from transferkit.composition.grids import ARMS, grid_cells
+from transferkit.durable import write_failure
 from transferkit.errors import OutputError
 from transferkit.insights import EMA_ALPHA, cosine_matrix, dev_curve, loss_curve, mean_curve, unit_embeddings
 from transferkit.registry.entities import ExpertRecord, TaskRecord
@@ -67,7 +73,9 @@ def _prepare_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"cannot create the report folder {str(out_dir)!r} ({error.strerror}); pass a writable --out") from None
+        # A folder takes one block; the report's own size is known once it is rendered.
+        raise OutputError(f"cannot create the report folder {str(out_dir)!r} ({write_failure(error, out_dir, 4096)}); "
+                          "pass a writable --out") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError(f"the report folder {str(out_dir)!r} is not writable; pass a writable --out")
 
@@ -79,12 +87,35 @@ def _all_experts(registry: RegistryStore) -> list[ExpertRecord]:
     return experts
 
 
-def _save(fig: Any, out_dir: Path, name: str, written: list[Path]) -> str:
-    path = out_dir / name
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+def _save(fig: Any, files: dict[str, bytes], name: str) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    written.append(path)
+    files[name] = buffer.getvalue()
     return name
+
+
+def _publish(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
+    """Write `files` into a staging folder, then move them into `out_dir` together (the last one, index.html, last):
+    a full disk fails while nothing in `out_dir` has changed, and leaves no truncated file."""
+    staging = out_dir / f".report-{uuid.uuid4().hex[:8]}.tmp"
+    needed = sum(len(data) for data in files.values())
+    path = staging
+    try:
+        staging.mkdir()
+        for name, data in files.items():
+            path = staging / name
+            with open(path, "xb") as handle:
+                handle.write(data)
+        for name in files:
+            path = out_dir / name
+            os.replace(staging / name, path)
+    except OSError as error:
+        raise OutputError(f"cannot write the report file {path} ({write_failure(error, path, needed)}); "
+                          "free disk space or pass a writable --out") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / name for name in files]
 
 
 def _short(task: str) -> str:
@@ -99,7 +130,7 @@ def _primary_test(expert: ExpertRecord) -> float | None:
 # --- 1. task similarity -------------------------------------------------------------------------
 
 
-def similarity_section(tasks: list[TaskRecord], experts: list[ExpertRecord], parent_ids: set[str], out_dir: Path, written: list[Path]) -> Section:
+def similarity_section(tasks: list[TaskRecord], experts: list[ExpertRecord], parent_ids: set[str], files: dict[str, bytes]) -> Section:
     section = Section("similarity", "Task similarity (cosine of description embeddings)")
     vectors = unit_embeddings(tasks)
     rows = sorted({e.task_name for e in experts if e.extra.get("strategy")} & vectors.keys())
@@ -122,14 +153,14 @@ def similarity_section(tasks: list[TaskRecord], experts: list[ExpertRecord], par
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if matrix[i, j] < 0.6 else "black")
     fig.colorbar(image, ax=ax, label="cosine")
     ax.set_title("Task similarity")
-    section.figures.append(_save(fig, out_dir, "similarity.png", written))
+    section.figures.append(_save(fig, files, "similarity.png"))
     return section
 
 
 # --- 2. gate weights --------------------------------------------------------------------------
 
 
-def gates_section(experts: list[ExpertRecord], out_dir: Path, written: list[Path]) -> Section:
+def gates_section(experts: list[ExpertRecord], files: dict[str, bytes]) -> Section:
     section = Section("gates", "PEMT gate weights (mean over seeds)")
     by_target: dict[str, list[ExpertRecord]] = defaultdict(list)
     for expert in experts:
@@ -160,7 +191,7 @@ def gates_section(experts: list[ExpertRecord], out_dir: Path, written: list[Path
         bars.set_ylabel("mean gate weight (± std over seeds)")
         bars.set_title("mean gate per source")
         fig.tight_layout()
-        section.figures.append(_save(fig, out_dir, f"gates-{index}-{_short(target)}.png", written))
+        section.figures.append(_save(fig, files, f"gates-{index}-{_short(target)}.png"))
     if not section.figures:
         section.note = "No data: no PEMT expert with recorded gate weights."
     return section
@@ -169,7 +200,7 @@ def gates_section(experts: list[ExpertRecord], out_dir: Path, written: list[Path
 # --- 3. compare grids ---------------------------------------------------------------------------
 
 
-def compare_section(registry: RegistryStore, out_dir: Path, written: list[Path]) -> Section:
+def compare_section(registry: RegistryStore, files: dict[str, bytes]) -> Section:
     section = Section("compare", "Compare grids (test primary metric, mean ± std over seeds)")
     section.data = {}
     tables = []
@@ -188,7 +219,7 @@ def compare_section(registry: RegistryStore, out_dir: Path, written: list[Path])
         if not rows:
             continue
         section.data[grid_name] = rows
-        section.figures.append(_save(_grouped_bars(grid_name, rows), out_dir, f"compare-{grid_name}.png", written))
+        section.figures.append(_save(_grouped_bars(grid_name, rows), files, f"compare-{grid_name}.png"))
         body = "".join(
             f"<tr><td>{html.escape(r['target'])}</td><td>{html.escape(r['metric'])}</td><td>{html.escape(r['strategy'])}</td>"
             f"<td class=num>{100 * r['mean']:.1f} ± {100 * r['std']:.1f}</td><td class=num>{r['seeds']}</td>"
@@ -227,7 +258,7 @@ def _grouped_bars(grid_name: str, rows: list[dict]) -> Any:
 # --- 4. training curves -------------------------------------------------------------------------
 
 
-def curves_section(experts: list[ExpertRecord], out_dir: Path, written: list[Path]) -> Section:
+def curves_section(experts: list[ExpertRecord], files: dict[str, bytes]) -> Section:
     section = Section("curves", f"Training curves (loss EMA α={EMA_ALPHA}; dev primary metric)")
     panels: dict[str, dict[str, list[ExpertRecord]]] = defaultdict(lambda: defaultdict(list))
     for expert in experts:
@@ -262,7 +293,7 @@ def curves_section(experts: list[ExpertRecord], out_dir: Path, written: list[Pat
             ax.set_visible(False)
         fig.suptitle("training loss (EMA)" if kind == "loss" else "dev primary metric", fontweight="bold")
         fig.tight_layout()
-        section.figures.append(_save(fig, out_dir, f"curves-{kind}.png", written))
+        section.figures.append(_save(fig, files, f"curves-{kind}.png"))
     if not section.figures:
         section.note = "No data: no expert has a loss history or dev evaluation history."
     return section
@@ -271,7 +302,7 @@ def curves_section(experts: list[ExpertRecord], out_dir: Path, written: list[Pat
 # --- 5. cost ------------------------------------------------------------------------------------
 
 
-def cost_section(registry: RegistryStore, out_dir: Path, written: list[Path]) -> Section:
+def cost_section(registry: RegistryStore, files: dict[str, bytes]) -> Section:
     section = Section("cost", "Training cost (wall seconds; amortized = own + shares of sources used)")
     costs = expert_costs(registry)
     groups = [g for g in aggregate(costs, "task") if g["own"]["wall_seconds"] is not None]
@@ -287,7 +318,7 @@ def cost_section(registry: RegistryStore, out_dir: Path, written: list[Path]) ->
         ax.set_title(f"{kind} wall seconds per task")
     axes[0].set_ylabel("wall seconds (sum over experts)")
     fig.tight_layout()
-    section.figures.append(_save(fig, out_dir, "cost.png", written))
+    section.figures.append(_save(fig, files, "cost.png"))
     top = sorted(costs, key=lambda c: c.own["wall_seconds"] or 0.0, reverse=True)[:COST_TABLE_ROWS]
 
     def number(value: float | None, digits: int = 1) -> str:
@@ -344,20 +375,17 @@ def build_report(registry: RegistryStore, out_dir: Path) -> ReportResult:
     tasks = registry.list_tasks()
     by_id = {e.id: e for e in experts}
     parent_ids = {edge.parent_id for edge in registry.list_lineage_edges() if edge.parent_id in by_id}
-    written: list[Path] = []
+    files: dict[str, bytes] = {}  # rendered in memory first, so the space the report needs is known before writing
     sections = [
-        similarity_section(tasks, experts, parent_ids, out_dir, written),
-        gates_section(experts, out_dir, written),
-        compare_section(registry, out_dir, written),
-        curves_section(experts, out_dir, written),
-        cost_section(registry, out_dir, written),
+        similarity_section(tasks, experts, parent_ids, files),
+        gates_section(experts, files),
+        compare_section(registry, files),
+        curves_section(experts, files),
+        cost_section(registry, files),
     ]
     engine = getattr(registry, "engine", None)
     url = engine.url.render_as_string(hide_password=True) if engine is not None else type(registry).__name__
     counts = {"experts": len(experts), "tasks": len(tasks), "runs with experts": len({e.run_id for e in experts})}
-    index = out_dir / "index.html"
-    try:
-        index.write_text(_page(sections, url, counts), encoding="utf-8")
-    except OSError as error:
-        raise OutputError(f"cannot write {str(index)!r} ({error.strerror}); pass a writable --out") from None
-    return ReportResult(index, [*written, index], sections)
+    files["index.html"] = _page(sections, url, counts).encode("utf-8")
+    written = _publish(out_dir, files)
+    return ReportResult(written[-1], written, sections)

@@ -136,8 +136,12 @@ def reproduce(
     name: str | None = None,
     command: list[str] | None = None,
     show_progress: bool = True,
+    resume: bool = False,
 ) -> Reproduction:
-    """Re-run the recorded job of expert `reference` (id, prefix or name) into the registry and compare the results."""
+    """Re-run the recorded job of expert `reference` (id, prefix or name) into the registry and compare the results.
+
+    `resume`: continue an interrupted or failed reproduction with the same name from its checkpoint.
+    """
     original = registry.get_expert(reference)
     run = registry.get_run(original.run_id)
     job = rebuild_job(
@@ -148,6 +152,7 @@ def reproduce(
         for source_id in job.sources or []:
             _check_source(registry, original, source_id)
     _check_backbone(original, job.model)
+    job.resume = resume
     expert = transfer(registry, job).expert if isinstance(job, TransferJob) else train_source(registry, job)
     new_run = registry.get_run(expert.run_id)
     return Reproduction(

@@ -6,15 +6,18 @@ untouched; a failure during training marks the run `failed` and stores no expert
 
 Training checkpoints go to `<registry checkpoint root>/<run id>/` every
 `checkpoint_every` steps and are deleted once the expert is stored. With
-`resume=True` a job continues the most recent unfinished (failed, or running
-with its process gone) run with exactly the same recorded settings, data and
-backbone, from that run's latest checkpoint; without one it starts a new run.
+`resume=True` a job continues the most recent unfinished (failed, interrupted,
+or running with its process gone) run with exactly the same recorded settings,
+data and backbone, from that run's latest checkpoint; without one it starts a
+new run. SIGTERM, SIGINT and SIGUSR1 during a run stop it after the current
+optimizer step with a checkpoint; the run is then `interrupted`, not failed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,14 @@ from accelerate.utils import broadcast_object_list
 from rich.console import Console
 
 from transferkit.backbone import Backbone, load_backbone
-from transferkit.errors import ArtifactCorruptError, InvalidInputError, RegistryError, require
+from transferkit.errors import (
+    ArtifactCorruptError,
+    InvalidInputError,
+    RegistryError,
+    TrainingInterrupted,
+    TransferkitError,
+    require,
+)
 from transferkit.methods import DEFAULT_METHOD, ExpertModule, MethodConfig, get_method
 from transferkit.modeling import EXPERT_PREFIX, HEAD_PREFIX, TASK_PROMPT_PREFIX, TaskModel
 from transferkit.provenance import code_version, package_versions
@@ -35,6 +45,7 @@ from transferkit.tasks import TaskSpec, TaskSplits, load_splits
 from transferkit.task_prompt import DEFAULT_TASK_PROMPT_LENGTH, TaskPrompt, description_prompt
 from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY, Checkpointer, list_checkpoints
 from transferkit.training.data import tokenize_examples
+from transferkit.training.interrupt import ImmediateStop, how_to_resume, signal_name, stop_requests
 from transferkit.training.loop import TrainingConfig, TrainResult, process_state, train
 
 ARTIFACT_FORMAT = "transferkit.expert/1"
@@ -144,80 +155,128 @@ def run_training(
     `name_is_base`: `name` is transferkit's default, made unique when the expert is stored.
     """
     state = process_state()
-    train_split, dev_split, test_split = tokenize_splits(splits, backbone, training.max_length)
-    # Part of the settings --resume matches: the backbone's weights and the --name the user asked for.
-    hyperparams = {**hyperparams, "backbone_id": backbone.backbone_id, "requested_name": None if name_is_base else name}
-    data_fingerprint = splits.to_dict()
-    run = None
-    if state.is_main_process:
-        ensure_task_record(registry, task, splits.train)
-        run = _resume_run(registry, kind, hyperparams, data_fingerprint, show_progress) if resume else None
-        if run is None:
-            run = registry.start_run(
-                kind=kind,
-                command=command,
-                hyperparams=hyperparams,
-                seed=training.seed,
-                code_version=code_version(),
-                package_versions=package_versions(),
-                data_fingerprint=data_fingerprint,
-            )
-    run_id = run.id if run is not None else None
-    if state.num_processes > 1:  # every process restores the same run's checkpoints; only the main one writes them
-        [run_id] = broadcast_object_list([run_id], from_process=0)
-    checkpointer = Checkpointer(registry.checkpoint_root / run_id, checkpoint_every, on_save=lambda: _heartbeat(registry, run_id))
-    try:
-        result = train(
-            model, task, train_split, dev_split, test_split, training, backbone.tokenizer.pad_token_id, show_progress,
-            auxiliary_weight=auxiliary_weight, checkpointer=checkpointer,
-        )
-        statistics = model.expert.training_statistics()  # on every process: it may sum counts across them
-        expert = None
-        if run is not None:
-            lineage, extra = finalize(model) if finalize is not None else ([], {})
-            if statistics:  # e.g. MEPT's per-expert load counts
-                extra = {**extra, "method_statistics": statistics}
-            tensors = model.export_tensors()
-            metadata = artifact_metadata(method_name, method_config, backbone.backbone_id, task.name, task.num_labels)
-            expert = registry.register_expert(
-                run_id=run.id,
-                name=name,
-                name_is_base=name_is_base,
-                task_name=task.name,
-                method=method_name,
-                config=method_config,
-                backbone=backbone.fingerprint.to_dict(),
-                backbone_id=backbone.backbone_id,
-                trainable_params=sum(t.numel() for t in tensors.values()),
-                metrics={**result.metrics, "primary": splits.task.metrics[0], "eval_history": result.eval_history},
-                tensors=tensors,
-                tensor_metadata=metadata,
-                lineage=[*lineage, *(extra_lineage or [])],
-                extra={
-                    "label_names": list(task.label_names) if task.label_names else None,
-                    "loss_history": result.loss_history,
-                    "steps": result.steps,
-                    "best_step": result.best_step,
-                    "schedule": result.schedule,
-                    "stop_reason": result.stop_reason,
-                    "test_outputs": test_outputs(result.test_predictions, test_split),
-                    "task_prompt_length": model.task_prompt.length if model.task_prompt is not None else 0,
-                    **extra,
-                },
-                cost={**result.cost, "best_step": result.best_step},
-            )
-        if state.num_processes > 1:  # the others wait for the main process's expert and read it back
-            [expert_id] = broadcast_object_list([expert.id if expert is not None else None], from_process=0)
-            expert = expert or registry.get_expert(expert_id)
-    except BaseException as error:  # KeyboardInterrupt too: the run must not stay "running"
-        if run is not None:
-            registry.finish_run(run.id, status="failed", cost={}, error=f"{type(error).__name__}: {error}"[:500])
-        raise
+    try:  # whatever fails, the backbone is left as it was: it may be shared with later jobs in this process
+        train_split, dev_split, test_split = tokenize_splits(splits, backbone, training.max_length)
+        # Part of the settings --resume matches: the backbone's weights and the --name the user asked for.
+        hyperparams = {**hyperparams, "backbone_id": backbone.backbone_id, "requested_name": None if name_is_base else name}
+        data_fingerprint = splits.to_dict()
+        if state.is_main_process:
+            ensure_task_record(registry, task, splits.train)
+        # From the run's start to the stored expert, SIGTERM / SIGINT / SIGUSR1 stop the job after the current step
+        # with a checkpoint and an `interrupted` run, instead of killing it (transferkit.training.interrupt).
+        with stop_requests() as stop:
+            run = None
+            if state.is_main_process:
+                run = _resume_run(registry, kind, hyperparams, data_fingerprint, show_progress) if resume else None
+                run = run or registry.start_run(
+                    kind=kind, command=command, hyperparams=hyperparams, seed=training.seed, code_version=code_version(),
+                    package_versions=package_versions(), data_fingerprint=data_fingerprint,
+                )
+            run_id = run.id if run is not None else None
+            if state.num_processes > 1:  # every process restores the same run's checkpoints; only the main one writes them
+                [run_id] = broadcast_object_list([run_id], from_process=0)
+            checkpointer = Checkpointer(registry.checkpoint_root / run_id, checkpoint_every, on_save=lambda: _heartbeat(registry, run_id))
+            try:
+                result = train(
+                    model, task, train_split, dev_split, test_split, training, backbone.tokenizer.pad_token_id, show_progress,
+                    auxiliary_weight=auxiliary_weight, checkpointer=checkpointer, stop=stop,
+                )
+                statistics = model.expert.training_statistics()  # on every process: it may sum counts across them
+                expert = None
+                if run is not None:
+                    lineage, extra = finalize(model) if finalize is not None else ([], {})
+                    if statistics:  # e.g. MEPT's per-expert load counts
+                        extra = {**extra, "method_statistics": statistics}
+                    expert = _store_expert(
+                        registry, run, model, result, name=name, name_is_base=name_is_base, task=task, splits=splits,
+                        test_split=test_split, backbone=backbone, method_name=method_name, method_config=method_config,
+                        lineage=[*lineage, *(extra_lineage or [])], extra=extra,
+                    )
+                if state.num_processes > 1:  # the others wait for the main process's expert and read it back
+                    [expert_id] = broadcast_object_list([expert.id if expert is not None else None], from_process=0)
+                    expert = expert or registry.get_expert(expert_id)
+            except (TrainingInterrupted, ImmediateStop, KeyboardInterrupt) as error:
+                interrupted = _interruption(error, checkpointer, command)
+                _close_run(registry, run, "interrupted", interrupted, str(interrupted))
+                if isinstance(error, TrainingInterrupted) and state.num_processes > 1:
+                    # All stopped at this step; the others must not exit first, or torchrun would SIGTERM this process
+                    # mid-write. (After a second signal nobody waits: the others may be stuck in a collective.)
+                    state.wait_for_everyone()
+                raise interrupted from None
+            except BaseException as error:  # the run must not stay "running"
+                _close_run(registry, run, "failed", error, f"{type(error).__name__}: {error}")
+                raise
     finally:
-        model.detach()  # the backbone may be shared with later jobs in this process
+        model.detach()
     if state.is_main_process:
         checkpointer.remove()  # the expert is stored: nothing left to resume
     return expert, result
+
+
+def _interruption(error: BaseException, checkpointer: Checkpointer, command: list[str]) -> TrainingInterrupted:
+    """How the job was stopped, with how to resume it: at a step boundary, or at once by a second signal
+    (ImmediateStop) or a KeyboardInterrupt where no handler could be installed."""
+    if isinstance(error, TrainingInterrupted):
+        return error.resumed_by(how_to_resume(command))
+    kept = checkpointer.last_saved_step
+    saved = f"its checkpoint at step {kept} is kept" if kept is not None else "no checkpoint was written"
+    if isinstance(error, ImmediateStop):
+        return TrainingInterrupted(f"stopped at once on a second {signal_name(error.signal_number)}; {saved}",
+                                   error.signal_number, how_to_resume(command))
+    return TrainingInterrupted(f"stopped at once by Ctrl-C; {saved}", signal.SIGINT, how_to_resume(command))
+
+
+def _store_expert(
+    registry: RegistryStore, run: RunRecord, model: TaskModel, result: TrainResult, *, name: str, name_is_base: bool,
+    task: TaskSpec, splits: TaskSplits, test_split, backbone: Backbone, method_name: str, method_config: dict,
+    lineage: list[tuple[str, str, float | None]], extra: dict,
+) -> ExpertRecord:
+    """Store the trained expert with its metrics, lineage and cost; this closes its run as finished."""
+    tensors = model.export_tensors()
+    metadata = artifact_metadata(method_name, method_config, backbone.backbone_id, task.name, task.num_labels)
+    return registry.register_expert(
+        run_id=run.id,
+        name=name,
+        name_is_base=name_is_base,
+        task_name=task.name,
+        method=method_name,
+        config=method_config,
+        backbone=backbone.fingerprint.to_dict(),
+        backbone_id=backbone.backbone_id,
+        trainable_params=sum(t.numel() for t in tensors.values()),
+        metrics={**result.metrics, "primary": splits.task.metrics[0], "eval_history": result.eval_history},
+        tensors=tensors,
+        tensor_metadata=metadata,
+        lineage=lineage,
+        extra={
+            "label_names": list(task.label_names) if task.label_names else None,
+            "loss_history": result.loss_history,
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "schedule": result.schedule,
+            "stop_reason": result.stop_reason,
+            "test_outputs": test_outputs(result.test_predictions, test_split),
+            "task_prompt_length": model.task_prompt.length if model.task_prompt is not None else 0,
+            **extra,
+        },
+        cost={**result.cost, "best_step": result.best_step},
+    )
+
+
+def _close_run(registry: RegistryStore, run: RunRecord | None, status: str, error: BaseException, reason: str) -> None:
+    """Record how the run ended. If the registry cannot take even that (locked, read-only, full), say so in the
+    error the user sees: the run then stays `running`, and `--resume` or `gc` find it once this process is gone."""
+    if run is None:
+        return
+    try:
+        registry.finish_run(run.id, status=status, cost={}, error=reason[:500])
+    except RegistryError as unrecorded:
+        note = f"; run {run.id} could not be marked {status} ({unrecorded})"
+        if isinstance(error, TrainingInterrupted):
+            raise TrainingInterrupted(error.what + note, error.signal_number, error.how_to_resume) from None
+        if isinstance(error, TransferkitError):
+            raise RegistryError(f"{error}{note}") from error
+        # Anything else is a bug: the caller re-raises it with its traceback.
 
 
 def test_outputs(predictions: list, split) -> dict:
@@ -244,7 +303,7 @@ def _resume_run(registry: RegistryStore, kind: str, hyperparams: dict, data_fing
     """Reopen the latest unfinished run with these exact settings, data and backbone; None if there is none."""
     notice = Console(stderr=True, quiet=not show_progress)
     wanted = _canonical(hyperparams)
-    for run in registry.list_runs(kind=kind, statuses=("running", "failed")):
+    for run in registry.list_runs(kind=kind, statuses=("running", "failed", "interrupted")):
         if _canonical(run.hyperparams) == wanted and run.data_fingerprint.get("fingerprint") == data_fingerprint["fingerprint"]:
             reopened = registry.reopen_run(run.id)  # refuses a run whose process may still be alive
             checkpoints = list_checkpoints(registry.checkpoint_root / run.id)

@@ -107,6 +107,19 @@ def test_head_init_copies_the_mapped_source_rows(registry_url, sources, shared_d
     assert torch.allclose(model.head.linear.bias.data, torch.stack([bias[0], (bias[1] + bias[2]) / 2]))
 
 
+def test_gate_entropy_falls_as_the_sparsity_weight_rises(registry_url, sources, shared_data):
+    """The delta-space sparsity loss moves the gate: on real CB with real sources, a larger weight concentrates it."""
+    registry = open_registry(registry_url)
+    entropies = {}
+    for weight in (0.0, 5.0):
+        job = TransferJob(
+            target="superglue/cb", data_dir=shared_data, show_progress=False, sparsity_weight=weight, name=f"cb-lambda-{weight:g}",
+            training=TrainingConfig(max_steps=12, batch_size=16, eval_every=12, seed=3),
+        )
+        entropies[weight] = transfer(registry, job).expert.extra["gate_weights"]["entropy"]
+    assert entropies[5.0] < 0.5 * entropies[0.0], entropies
+
+
 def test_stored_mixture_reloads_from_the_registry(transferred, registry_url, shared_data):
     registry = open_registry(registry_url)
     model = load_expert_model(registry, transferred.expert, load_backbone(None))

@@ -127,6 +127,22 @@ def test_first_revision_registry_upgrades_with_every_row_and_artifact(tmp_path, 
                          interval=None, examples=10, data_fingerprint={"fingerprint": "f"}, details={})
     with pytest.raises(InvalidInputError, match="made from it"):
         store.delete_expert("e-lora")
+
+    # Runs can end interrupted (0006 rebuilt `runs` on SQLite): the constraint admits it and nothing else new,
+    # and the experts' foreign keys into the rebuilt table still hold and are still enforced.
+    store.finish_run("run-failed", "interrupted", {}, error="interrupted at step 3 (SIGTERM)")
+    assert store.get_run("run-failed").status == "interrupted"
+    assert store.reopen_run("run-failed").status == "running"  # an interrupted run resumes
+    store.finish_run("run-failed", "interrupted", {}, error="interrupted at step 5 (SIGINT)")
+    with sqlite3.connect(tmp_path / "old.db") as connection:
+        connection.execute("PRAGMA foreign_keys = ON")
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            connection.execute("UPDATE runs SET status = 'paused' WHERE id = 'run-lora'")
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            connection.execute("UPDATE experts SET run_id = 'no-such-run' WHERE id = 'e-lora'")
+    assert [e.run_id for e in store.list_experts()] and store.get_expert("e-lora").run_id == "run-lora"
     store.close()
 
     engine = create_engine(f"sqlite:///{tmp_path}/old.db")
@@ -139,6 +155,9 @@ def test_first_revision_registry_upgrades_with_every_row_and_artifact(tmp_path, 
     with engine.connect() as connection:
         counts = [connection.execute(text(f"SELECT count(*) FROM {table}")).scalar() for table in ("tasks", "runs", "experts", "lineage_edges")]
         assert counts == [2, 4, 2, 1]
+        # The first revision knows no `interrupted`: the downgrade made that run failed, keeping why it stopped.
+        assert connection.execute(text("SELECT status, error FROM runs WHERE id = 'run-failed'")).one() == (
+            "failed", "interrupted at step 5 (SIGINT)")
         assert connection.execute(text("SELECT artifact_sha256 FROM experts WHERE id = 'e-lora'")).scalar() == experts["e-lora"].artifact_sha256
     engine.dispose()
     again = open_registry(f"sqlite:///{tmp_path}/old.db")  # and up again

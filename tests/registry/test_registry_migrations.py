@@ -120,6 +120,28 @@ def test_data_survives_the_embedding_and_dev_score_migration(registry_url, tmp_p
     assert np.allclose(embedding if isinstance(embedding, list) else json.loads(embedding), [0.5, -2.0, 0.125])
 
 
+def test_interrupted_runs_survive_a_downgrade_as_failed_and_upgrade_back(store, register, registry_url):
+    """0006 admits `interrupted` (SQLite rebuilds `runs` under the experts' foreign keys); one step down makes it failed."""
+    kept = register("kept")
+    stopped = store.start_run("train-source", [], {}, 1, {}, {}, {})
+    store.finish_run(stopped.id, "interrupted", {}, error="interrupted at step 4 (SIGTERM)")
+    store.close()
+    engine = _engine(registry_url)
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0005")
+        assert connection.execute(text("SELECT status, error FROM runs WHERE id = :id"), {"id": stopped.id}).one() == (
+            "failed", "interrupted at step 4 (SIGTERM)")
+    engine.dispose()
+    again = open_registry(registry_url)
+    assert again.get_run(stopped.id).status == "failed" and again.get_expert("kept").run_id == kept.run_id
+    again.reopen_run(stopped.id)
+    assert again.finish_run(stopped.id, "interrupted", {}).status == "interrupted"
+    with pytest.raises(Exception, match="(?i)check"):  # the constraint still refuses anything else
+        with again.engine.begin() as connection:
+            connection.execute(text("UPDATE runs SET status = 'paused' WHERE id = :id"), {"id": stopped.id})
+    again.close()
+
+
 def test_rows_match_migrations(store):
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []

@@ -33,8 +33,8 @@ def random_experts(backbone, method: str, count: int, options=(), scale=0.3):
     return experts
 
 
-def mixture_model(backbone, sources, route_top_k=None, learn_gate=True):
-    mixture = build_mixture(sources, backbone, route_top_k, learn_gate)
+def mixture_model(backbone, sources, route_top_k=None, learn_gate=True, zero_expert=False):
+    mixture = build_mixture(sources, backbone, route_top_k, learn_gate, zero_expert=zero_expert)
     prompt = TaskPrompt(description_prompt(TOY.description, backbone, 4))
     target = get_method("adapter").build(get_method("adapter").config_class(), backbone)
     return TaskModel(backbone, target, 2, task_prompt=prompt, composition=mixture)
@@ -190,3 +190,53 @@ def test_sparsity_weight_concentrates_the_gate(tiny_backbone):
         model.detach()
     print(entropies)
     assert entropies[5.0] < entropies[0.0] - 0.1
+
+
+def test_zero_expert_takes_a_share_of_the_gate_and_scales_the_change_down(tiny_backbone):
+    model = mixture_model(tiny_backbone, random_experts(tiny_backbone, "lora", 3), zero_expert=True)
+    mixture, prompt, target = model.composition, model.task_prompt, model.expert
+    hidden = torch.randn(5, 9, tiny_backbone.hidden_size)
+    layer = mixture.layers[0]
+    assert mixture.gate_probabilities(layer, hidden).shape == (5, 4)  # uniform over the 3 sources and the zero expert
+    weights, _ = mixture.route(layer, hidden)
+    assert torch.allclose(weights, torch.full((5, 3), 0.25))
+    inputs = batch(tiny_backbone.tokenizer)
+    model.eval()
+    with torch.no_grad():
+        uniform = model(**inputs)
+    # All gate mass on the zero expert: the mixture changes nothing.
+    all_on_zero = lambda layer, hidden: torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(hidden.shape[0], -1)  # noqa: E731
+    mixture.gate_probabilities = all_on_zero
+    with torch.no_grad():
+        mixed = model(**inputs)
+    model.detach()
+    plain = TaskModel(tiny_backbone, target, 2, task_prompt=prompt)
+    plain.head.load_state_dict(model.head.state_dict())
+    plain.eval()
+    with torch.no_grad():
+        alone = plain(**inputs)
+    plain.detach()
+    assert torch.allclose(mixed, alone, atol=1e-4) and not torch.allclose(uniform, alone, atol=1e-3)
+    mixture.start_recording()
+    mixture.route(layer, hidden)
+    mixture.stop_recording()
+    assert mixture.zero_shares[layer] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_zero_expert_keeps_top_k_weights_at_the_sources_share(tiny_backbone):
+    mixture = mixture_model(tiny_backbone, random_experts(tiny_backbone, "lora", 4), route_top_k=2, zero_expert=True).composition
+    with torch.no_grad():
+        for gate in mixture.gates.values():
+            gate.copy_(torch.randn_like(gate) * 3)
+    hidden = torch.randn(7, 9, tiny_backbone.hidden_size)
+    for layer in mixture.layers:
+        probabilities = mixture.gate_probabilities(layer, hidden)
+        weights, index = mixture.route(layer, hidden)
+        assert weights.shape == (7, 2)
+        assert torch.allclose(weights.sum(-1), 1 - probabilities[:, -1], atol=1e-6)
+        assert (index < 4).all()  # the zero expert is never gathered
+
+
+def test_zero_expert_needs_a_learned_gate(tiny_backbone):
+    with pytest.raises(InvalidInputError, match="zero expert"):
+        build_mixture(random_experts(tiny_backbone, "lora", 2), tiny_backbone, None, learn_gate=False, zero_expert=True)

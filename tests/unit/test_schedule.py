@@ -35,6 +35,7 @@ def test_small_sets_get_many_epochs_and_large_sets_a_bounded_number_of_steps():
     sst2 = plan_schedule(66349, 1000, 32)
     assert sst2.max_steps == rte.max_steps  # the example budget bounds every large set alike
     assert "20 epochs" in cb.reason and "budget" in rte.reason and "early stopping after 5" in cb.reason
+    assert cb.min_steps == math.ceil(cb.max_steps / 2) and f"not before step {cb.min_steps}" in cb.reason
 
 
 def test_long_inputs_get_a_token_budget():
@@ -91,8 +92,11 @@ def test_training_stops_early_after_patience_and_keeps_the_best(tiny_backbone):
     schedule = result.schedule
     assert schedule["adaptive"] and schedule["max_steps"] == AUTO_EPOCHS * 64 // 8
     evaluated = [entry["step"] for entry in result.eval_history]
-    assert result.steps < schedule["max_steps"] and result.steps == evaluated[-1]
-    assert evaluations_since_best(result.eval_history, result.best_step) == 3
+    # It waits for half the schedule, then stops at the first evaluation 3 or more evaluations after the best.
+    assert schedule["min_steps"] == schedule["max_steps"] // 2
+    assert schedule["min_steps"] <= result.steps < schedule["max_steps"] and result.steps == evaluated[-1]
+    assert evaluations_since_best(result.eval_history, result.best_step) >= 3
+    assert result.steps - 2 < schedule["min_steps"] or evaluations_since_best(result.eval_history[:-1], result.best_step) < 3
     assert "early stop" in result.stop_reason and f"kept step {result.best_step}" in result.stop_reason
     assert all("dev_loss" in entry for entry in result.eval_history)
     assert len(result.test_predictions) == len(test)

@@ -6,7 +6,8 @@ the registry under a deterministic name `<grid>-<target>-<strategy>-s<seed>`.
 A cell that is already stored is not trained again, and a cell that was
 interrupted continues from its last training checkpoint, so an interrupted grid
 resumes where it stopped, and `--render-only` re-renders the table from the
-registry alone.
+registry alone. SIGTERM, SIGINT or SIGUSR1 stop the grid after the current cell's
+checkpoint (or before the next cell); `compare` again continues it.
 
 Default budget (documented in the README): 50 optimiser steps of 32 examples,
 max length 128, evaluation on dev every 25 steps (the best of the two is kept),
@@ -27,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferkit.composition.transfer import STRATEGIES, TRANSFER_PROMPT_LR, TransferJob, transfer
-from transferkit.errors import InvalidInputError, NotFoundError
+from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted
 from transferkit.methods import get_method
 from transferkit.registry import ExpertRecord, RegistryStore
 from transferkit.task_registry import resolve_registered_task
 from transferkit.tasks.intervals import metric_interval, paired_difference
+from transferkit.training.interrupt import StopRequest, how_to_resume, signal_name, stop_requests
 from transferkit.training.loop import TrainingConfig
 from transferkit.workflows import SourceJob, train_source
 
@@ -112,45 +114,66 @@ def _stored(registry: RegistryStore, name: str) -> ExpertRecord | None:
 
 
 def run_grid(registry: RegistryStore, grid: Grid, data_dir: Path | None, model: str | None, show_progress: bool) -> None:
-    """Train every missing cell of the grid."""
+    """Train every missing cell of the grid; a stop signal ends it after the current cell's checkpoint."""
     grid.validate(registry)
-    for target in grid.targets:
-        for strategy in grid.strategies:
-            for seed in grid.seeds:
-                name = grid.cell_name(target, strategy, seed)
-                if _stored(registry, name):
-                    continue
-                budget = grid.budget
-                job = TransferJob(
-                    target=target, strategy=strategy,
-                    sources=grid.sources if strategy != "scratch" else None,
-                    top_k=grid.top_k, route_top_k=grid.route_top_k, sparsity_weight=grid.sparsity_weight,
-                    zero_expert=grid.zero_expert if strategy == "pemt" else None, head_init=grid.head_init,
-                    model=model, data_dir=data_dir, name=name,
-                    training=budget.training(seed, prompt_lr=budget.prompt_lr),
-                    show_progress=show_progress,
-                    command=["transferkit", "compare", f"--grid={grid.name}", f"cell={name}"],
-                    resume=True,  # an interrupted cell continues from its last checkpoint
-                )
-                transfer(registry, job)
+    with stop_requests() as stop:  # shared with each cell's training, so a signal between cells counts too
+        for target in grid.targets:
+            for strategy in grid.strategies:
+                for seed in grid.seeds:
+                    name = grid.cell_name(target, strategy, seed)
+                    if _stored(registry, name):
+                        continue
+                    _stop_before(stop, name)
+                    _run_cell(registry, grid, target, strategy, seed, name, data_dir, model, show_progress)
+
+
+def _stop_before(stop: StopRequest, cell: str) -> None:
+    """A signal that came while the previous cell was being stored (or between cells) stops the grid here."""
+    if stop.signal_number is not None:
+        raise TrainingInterrupted(
+            f"interrupted before cell {cell} ({signal_name(stop.signal_number)}); every earlier cell is stored",
+            stop.signal_number, how_to_resume(["transferkit", "compare"]),
+        )
+
+
+def _run_cell(
+    registry: RegistryStore, grid: Grid, target: str, strategy: str, seed: int, name: str, data_dir: Path | None,
+    model: str | None, show_progress: bool,
+) -> None:
+    budget = grid.budget
+    job = TransferJob(
+        target=target, strategy=strategy,
+        sources=grid.sources if strategy != "scratch" else None,
+        top_k=grid.top_k, route_top_k=grid.route_top_k, sparsity_weight=grid.sparsity_weight,
+        zero_expert=grid.zero_expert if strategy == "pemt" else None, head_init=grid.head_init,
+        model=model, data_dir=data_dir, name=name,
+        training=budget.training(seed, prompt_lr=budget.prompt_lr),
+        show_progress=show_progress,
+        command=["transferkit", "compare", f"--grid={grid.name}", f"cell={name}"],
+        resume=True,  # an interrupted cell continues from its last checkpoint
+    )
+    transfer(registry, job)
 
 
 def run_method_grid(
     registry: RegistryStore, grid: MethodGrid, data_dir: Path | None, model: str | None, show_progress: bool
 ) -> None:
-    """Train every missing cell of the method grid."""
+    """Train every missing cell of the method grid; a stop signal ends it after the current cell's checkpoint."""
     grid.validate(registry)
-    for task in grid.tasks:
-        for method in grid.methods:
-            for seed in grid.seeds:
-                name = grid.cell_name(task, method, seed)
-                if _stored(registry, name):
-                    continue
-                train_source(registry, SourceJob(
-                    task=task, method=method, model=model, data_dir=data_dir, name=name, training=grid.budget.training(seed),
-                    show_progress=show_progress,
-                    command=["transferkit", "compare", f"--grid={grid.name}", f"cell={name}"],
-                ))
+    with stop_requests() as stop:
+        for task in grid.tasks:
+            for method in grid.methods:
+                for seed in grid.seeds:
+                    name = grid.cell_name(task, method, seed)
+                    if _stored(registry, name):
+                        continue
+                    _stop_before(stop, name)
+                    train_source(registry, SourceJob(
+                        task=task, method=method, model=model, data_dir=data_dir, name=name,
+                        training=grid.budget.training(seed), show_progress=show_progress,
+                        command=["transferkit", "compare", f"--grid={grid.name}", f"cell={name}"],
+                        resume=True,  # an interrupted cell continues from its last checkpoint
+                    ))
 
 
 def _stored_cells(registry: RegistryStore, grid: Grid | MethodGrid, task: str, arm: str) -> tuple[list[ExpertRecord], str, list[float]] | None:

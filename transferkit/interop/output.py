@@ -7,6 +7,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from transferkit.durable import write_failure
 from transferkit.errors import OutputError
 
 
@@ -24,7 +25,8 @@ def write_new_folder(out: Path, files: dict[str, bytes]) -> None:
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
     except OSError as error:
-        raise OutputError(f"cannot write {out} ({error.strerror or error}); pass a writable --out") from None
+        needed = sum(len(data) for data in files.values())
+        raise OutputError(f"cannot write {out} ({write_failure(error, out, needed)}); free disk space or pass a writable --out") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -39,7 +41,7 @@ def write_new_file(out: Path, data: bytes) -> None:
         _write_synced(tmp, data)
         os.replace(tmp, out)
     except OSError as error:
-        raise OutputError(f"cannot write {out} ({error.strerror or error}); pass a writable --out") from None
+        raise OutputError(f"cannot write {out} ({write_failure(error, out, len(data))}); free disk space or pass a writable --out") from None
     finally:
         tmp.unlink(missing_ok=True)
 

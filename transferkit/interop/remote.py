@@ -14,6 +14,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from transferkit.durable import write_failure
 from transferkit.errors import InvalidInputError, NotFoundError, OutputError, RemoteError
 from transferkit.interop.bundle import BUNDLE_SUFFIX
 
@@ -61,7 +62,9 @@ class FolderRemote(BundleRemote):
             shutil.copyfile(archive, tmp)
             tmp.replace(target)
         except OSError as error:
-            raise RemoteError(f"cannot write {target} ({error.strerror or error}); pass a writable folder") from None
+            needed = archive.stat().st_size if archive.is_file() else 0
+            raise RemoteError(f"cannot write {target} ({write_failure(error, target, needed)}); free space or pass a "
+                              "writable folder") from None
         finally:
             tmp.unlink(missing_ok=True)
         return str(target)

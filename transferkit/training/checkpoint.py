@@ -5,7 +5,7 @@ One checkpoint is a folder `<run folder>/step-<8 digits>/` with two files:
 - `tensors.safetensors`: the model's parameters and buffers (`model/...`, non-persistent buffers
   such as MEPT's load counts included), the best-on-dev parameters so far (`best/...`), the
   optimizer's state tensors (`optimizer/<parameter index>/<key>`) and the torch, CUDA and numpy
-  RNG states (`rng/...`);
+  RNG states (`rng/...`, and `rank-<r>/rng/...` for the other processes of a multi-process run);
 - `state.json`: the loop position (step, epoch, batches of that epoch done), loss and evaluation
   histories, the best score, the scheduler's state, the optimizer's parameter groups and
   non-tensor state, Python's RNG state, the cost measured so far, the settings the position
@@ -13,6 +13,7 @@ One checkpoint is a folder `<run folder>/step-<8 digits>/` with two files:
 
 A checkpoint is written into a temporary folder, fsynced and renamed into place (atomic), and only
 then are older checkpoints deleted: a crash at any moment leaves the previous complete checkpoint.
+A write that fails (a full disk, say) removes its temporary folder and names the space it needed.
 Reading uses safetensors and JSON only; nothing is unpickled or executed, and the tensors are
 checked against the recorded sha256 first. torch and numpy are imported where they are used, so
 listing checkpoints (`transferkit gc`) stays cheap.
@@ -20,6 +21,7 @@ listing checkpoints (`transferkit gc`) stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transferkit.durable import fsync_dir, write_durably
+from transferkit.durable import fsync_dir, write_durably, write_failure
 from transferkit.errors import ArtifactCorruptError, OutputError
 
 FORMAT = "transferkit.checkpoint/1"
@@ -90,9 +92,13 @@ class Checkpointer:
 
     def save(
         self, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, meter: Any,
-        identity: dict,
+        identity: dict, other_ranks: list[tuple[dict[str, torch.Tensor], dict]] | None = None,
     ) -> Path:
-        """Write a checkpoint of the current training state atomically; returns its folder."""
+        """Write a checkpoint of the current training state atomically; returns its folder.
+
+        `other_ranks`: the RNG states (`capture_rng()`) of processes 1..n-1 of a multi-process run, so that each
+        resumes its own dropout stream (the rest of the state is the same in every process).
+        """
         import safetensors.torch
 
         tensors = {f"model/{name}": value for name, value in model_state(model).items()}
@@ -100,8 +106,10 @@ class Checkpointer:
             tensors.update({f"best/{name}": value for name, value in state.best_state.items()})
         optimizer_tensors, optimizer_json = _flatten_optimizer(optimizer.state_dict())
         tensors.update(optimizer_tensors)
-        rng_tensors, rng_json = _capture_rng()
+        rng_tensors, rng_json = capture_rng()
         tensors.update(rng_tensors)
+        for rank, (rank_tensors, _) in enumerate(other_ranks or [], start=1):
+            tensors.update({f"rank-{rank}/{key}": value for key, value in rank_tensors.items()})
         blob = safetensors.torch.save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
         document = {
             "format": FORMAT,
@@ -121,16 +129,19 @@ class Checkpointer:
             "scheduler": scheduler.state_dict(),
             "optimizer": optimizer_json,
             "rng": rng_json,
+            "rank_rng": [rank_json for _, rank_json in other_ranks or []],
             "cost": meter.snapshot(),
             "tensors_sha256": hashlib.sha256(blob).hexdigest(),
         }
+        state_json = json.dumps(document, default=_json_scalar).encode()
         final = self.folder / f"step-{state.step:08d}"
+        temporary = self.folder / f".step-{state.step:08d}.{uuid.uuid4().hex[:8]}.tmp"
+        new_folder = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            temporary = self.folder / f".step-{state.step:08d}.{uuid.uuid4().hex[:8]}.tmp"
             temporary.mkdir()
             write_durably(temporary / TENSORS_FILE, blob)
-            write_durably(temporary / STATE_FILE, json.dumps(document, default=_json_scalar).encode())
+            write_durably(temporary / STATE_FILE, state_json)
             fsync_dir(temporary)
             if final.exists():  # the same step saved before a crash: same position, replace it
                 shutil.rmtree(final)
@@ -141,10 +152,17 @@ class Checkpointer:
                     shutil.rmtree(older.path, ignore_errors=True)
             for leftover in self.folder.glob(".step-*.tmp"):  # of this run's earlier, interrupted writes
                 shutil.rmtree(leftover, ignore_errors=True)
-        except OSError as error:
+        except BaseException as error:  # a full disk, or a second Ctrl-C mid-write: no partial checkpoint stays
+            shutil.rmtree(temporary, ignore_errors=True)
+            if new_folder:  # the run's folder, if this write created it and nothing is in it
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()
+            if not isinstance(error, OSError):
+                raise
             raise OutputError(
-                f"cannot write a training checkpoint under {self.folder} ({error.strerror or error}); free disk space "
-                "or point TRANSFERKIT_CHECKPOINT_ROOT at a writable folder"
+                f"cannot write the training checkpoint {final} ({write_failure(error, final, len(blob) + len(state_json))}); "
+                + (f"the checkpoint at step {self.last_saved_step} is kept; " if self.last_saved_step is not None else "")
+                + "free disk space or point TRANSFERKIT_CHECKPOINT_ROOT at a writable folder"
             ) from error
         self.last_saved_step = state.step
         if self.on_save is not None:
@@ -152,9 +170,12 @@ class Checkpointer:
         return final
 
     def restore(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, meter: Any, identity: dict
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, meter: Any, identity: dict, rank: int = 0
     ) -> LoopState | None:
-        """Load the latest checkpoint into model, optimizer, scheduler, meter and the RNGs; None if there is none."""
+        """Load the latest checkpoint into model, optimizer, scheduler, meter and the RNGs; None if there is none.
+
+        Process `rank` of a multi-process run takes its own RNG state if the checkpoint has it (else the main one's).
+        """
         checkpoints = list_checkpoints(self.folder)
         if not checkpoints:
             return None
@@ -170,7 +191,11 @@ class Checkpointer:
         optimizer.load_state_dict(_unflatten_optimizer(_prefixed(tensors, "optimizer/"), document["optimizer"]))
         scheduler.load_state_dict(document["scheduler"])
         meter.resume_from(document["cost"])
-        _restore_rng(_prefixed(tensors, "rng/"), document["rng"])
+        ranks = document.get("rank_rng") or []  # absent in checkpoints written before it was kept
+        if 0 < rank <= len(ranks):
+            _restore_rng(_prefixed(tensors, f"rank-{rank}/rng/"), ranks[rank - 1])
+        else:
+            _restore_rng(_prefixed(tensors, "rng/"), document["rng"])
         self.last_saved_step = latest.step
         return LoopState(
             step=loop["step"],
@@ -276,7 +301,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], document: dict) -> di
     return {"state": state, "param_groups": document["param_groups"]}
 
 
-def _capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's torch, CUDA, numpy and Python RNG states: tensors (`rng/...`) and JSON."""
     import numpy as np
     import torch
 

@@ -1,4 +1,4 @@
-"""Tokenise once (cached on disk), then batch by length with dynamic padding.
+"""Tokenise once (cached on disk, written atomically), then batch by length with dynamic padding.
 
 Padding every batch to 128 tokens wastes most of the compute on GLUE-length
 inputs; sorting within shuffled mega-batches keeps batches random across steps
@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from transferkit.paths import cache_root
+from transferkit.durable import write_failure
+from transferkit.errors import OutputError
+from transferkit.paths import CACHE_ENV, cache_root
 from transferkit.tasks import Example
 
 _CACHE_VERSION = "2"  # 2: pairs joined by PAIR_SEPARATOR for tokenizers that mark no pair boundary
@@ -96,11 +99,30 @@ def tokenize_examples(
     labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
     split = TokenizedSplit(ids, types, offsets, labels, groups)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(temporary, ids=ids, types=types if types is not None else np.zeros(0, np.int8), offsets=offsets, labels=labels)
-        os.replace(temporary, path)
+        _write_cache(path, ids=ids, types=types if types is not None else np.zeros(0, np.int8), offsets=offsets, labels=labels)
     return split
+
+
+def _write_cache(path: Path, **arrays: np.ndarray) -> None:
+    """Write a cache entry beside its name and rename it into place; a failed write leaves no partial file.
+
+    A cache that cannot be written is reported, not skipped: on a full disk the run's checkpoints and its
+    expert would fail next, after the training time is spent.
+    """
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "xb") as handle:  # a file object: np.savez appends no suffix
+            np.savez(handle, **arrays)
+        os.replace(temporary, path)
+    except OSError as error:
+        needed = sum(array.nbytes for array in arrays.values()) + 1024 * len(arrays)  # plus the zip headers
+        raise OutputError(
+            f"cannot write the tokenisation cache {path} ({write_failure(error, path, needed)}); free disk space "
+            f"or set {CACHE_ENV} to a writable folder"
+        ) from error
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int) -> list[list[int]]:

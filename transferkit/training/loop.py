@@ -18,7 +18,9 @@ padded, so per-token is the honest form of "extrapolated by steps").
 
 Crash safety: with a `Checkpointer`, the full training state is saved every N steps
 and a restarted loop continues from the latest checkpoint, bit-identically on CPU
-(`transferkit.training.checkpoint`). A non-finite loss or gradient norm stops
+(`transferkit.training.checkpoint`). With a `StopRequest` (`transferkit.training.interrupt`), a SIGTERM,
+SIGINT or SIGUSR1 stops training after the current optimizer step: a checkpoint is written and
+`TrainingInterrupted` raised, every process of a multi-process job stopping at the same step. A non-finite loss or gradient norm stops
 training with `TrainingDivergedError` before the optimizer step, so the parameters
 and the last checkpoint stay finite. Gradients are clipped to norm 1.0 by default.
 """
@@ -50,8 +52,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from transferkit.errors import InvalidInputError, TrainingDivergedError, require
 from transferkit.modeling import TaskModel
 from transferkit.tasks import TaskSpec, compute_metrics, primary_metric
-from transferkit.training.checkpoint import Checkpointer, LoopState
+from transferkit.training.checkpoint import Checkpointer, LoopState, capture_rng
 from transferkit.training.cost import CostMeter, merge_costs
+from transferkit.training.interrupt import StopRequest, stopped_at
 from transferkit.training.schedule import Schedule, evaluations_since_best, improved, plan_schedule
 from transferkit.training.data import (
     TokenizedSplit,
@@ -249,11 +252,13 @@ def train(
     show_progress: bool = True,
     auxiliary_weight: float = 0.0,
     checkpointer: Checkpointer | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Train `model`'s trainable parameters; leave it holding the best-on-dev parameters.
 
     The loss is the task loss plus `auxiliary_weight` x the composition's auxiliary loss (PEMT's task sparsity loss).
     With `checkpointer`, training continues from its latest checkpoint if there is one and saves new ones.
+    With `stop`, a stop signal ends training after the current step with a checkpoint and `TrainingInterrupted`.
     """
     config.validate()
     if len(train_split) == 0:
@@ -292,7 +297,7 @@ def train(
     identity = {"train_examples": len(train_split), "batch_size": config.batch_size, "seed": config.seed, "total_steps": total_steps}
     state = LoopState()
     if checkpointer is not None:
-        state = checkpointer.restore(task_model, optimizer, scheduler, meter, identity) or state
+        state = checkpointer.restore(task_model, optimizer, scheduler, meter, identity, rank=rank) or state
     model.train()
     show_progress = show_progress and accelerator.is_main_process  # one progress display per job
     with stderr_progress(show_progress) as progress:
@@ -355,9 +360,13 @@ def train(
                         )
                 if _patience_exhausted(state, schedule) or state.step >= total_steps:
                     break
-                # One writer: in a multi-process run every process holds the same parameters and position.
-                if checkpointer is not None and checkpointer.due(state.step) and accelerator.is_main_process:
-                    checkpointer.save(state, task_model, optimizer, scheduler, meter, identity)
+                if checkpointer is not None and checkpointer.due(state.step):
+                    _save_checkpoint(checkpointer, accelerator, state, task_model, optimizer, scheduler, meter, identity)
+                # Here, where a periodic checkpoint would be written, the saved state resumes bit-identically.
+                if stop is not None and (signal_number := stop.agreed(world, accelerator.device)) is not None:
+                    if checkpointer is not None and checkpointer.last_saved_step != state.step:
+                        _save_checkpoint(checkpointer, accelerator, state, task_model, optimizer, scheduler, meter, identity)
+                    raise stopped_at(signal_number, state.step, checkpointer.last_saved_step if checkpointer else None)
             else:
                 state.epoch, state.batches_done = state.epoch + 1, 0
             if _patience_exhausted(state, schedule):
@@ -374,12 +383,28 @@ def train(
     )
 
 
+def _save_checkpoint(
+    checkpointer: Checkpointer, accelerator: Accelerator, state: LoopState, model: TaskModel,
+    optimizer: torch.optim.Optimizer, scheduler: object, meter: CostMeter, identity: dict,
+) -> None:
+    """One writer, the main process: every process holds the same parameters and position. Only the RNG states
+    differ (each process draws its own dropout masks), so they are gathered into the checkpoint. Collective in a
+    multi-process run: every process calls it at the same step, and all then know the step saved."""
+    others = gather_object([capture_rng()])[1:] if accelerator.num_processes > 1 else None
+    if accelerator.is_main_process:
+        checkpointer.save(state, model, optimizer, scheduler, meter, identity, other_ranks=others)
+    checkpointer.last_saved_step = state.step
+
+
 def _best_loss(state: LoopState) -> float | None:
     return next((entry.get("dev_loss") for entry in state.eval_history if entry["step"] == state.best_step), None)
 
 
 def _patience_exhausted(state: LoopState, schedule: Schedule) -> bool:
-    return schedule.patience is not None and evaluations_since_best(state.eval_history, state.best_step) >= schedule.patience
+    return (
+        schedule.patience is not None and state.step >= schedule.min_steps
+        and evaluations_since_best(state.eval_history, state.best_step) >= schedule.patience
+    )
 
 
 def _stop_reason(state: LoopState, schedule: Schedule, primary: str) -> str:

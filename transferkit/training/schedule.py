@@ -11,8 +11,8 @@ tokens. The dev metric is measured
 about `AUTO_EVALUATIONS` times over that budget (at least once per epoch, and never more
 often than once per dev set's worth of training examples, so evaluation, a forward pass
 only, stays a fraction of the training time), and training stops once it has not
-improved for `AUTO_PATIENCE` evaluations in a row; the loop then restores the best
-parameters. An improvement is a higher dev metric, or the same metric at a lower dev
+improved for `AUTO_PATIENCE` evaluations in a row, once at least half of the budget
+is trained (`AUTO_MIN_FRACTION`); the loop then restores the best parameters. An improvement is a higher dev metric, or the same metric at a lower dev
 loss (on a 28-example dev set many evaluations tie on accuracy).
 
 Explicit `--max-steps` or `--epochs` win and train exactly that long, unless
@@ -30,6 +30,9 @@ AUTO_EXAMPLE_BUDGET = 32_000
 AUTO_TOKEN_BUDGET = 800_000
 AUTO_EVALUATIONS = 20
 AUTO_PATIENCE = 5
+# Early stopping waits for half the schedule: some tasks sit on a plateau first (CoLA predicts the majority class,
+# Matthews 0, for its first few hundred steps) and would otherwise be stopped before they start learning.
+AUTO_MIN_FRACTION = 0.5
 # With an explicit budget and no --eval-every: this many evaluations per run.
 EXPLICIT_EVALUATIONS = 4
 
@@ -42,6 +45,7 @@ class Schedule:
     eval_every: int
     patience: int | None  # evaluations without improvement before stopping; None: train the whole budget
     adaptive: bool
+    min_steps: int  # early stopping never ends a run before this step
     reason: str
 
     def epochs(self, train_size: int, batch_size: int) -> float:
@@ -64,7 +68,7 @@ def plan_schedule(
         cadence = eval_every or max(math.ceil(steps / EXPLICIT_EVALUATIONS), _cheapest_eval_every(dev_size, batch_size))
         stop = patience or None
         reason = f"{given} as given ({steps} steps)" + (f", early stopping after {stop} evaluations without improvement" if stop else "")
-        return Schedule(steps, cadence, stop, adaptive=False, reason=reason)
+        return Schedule(steps, cadence, stop, adaptive=False, min_steps=0, reason=reason)
     bounds = {f"{AUTO_EPOCHS} epochs": AUTO_EPOCHS * train_size, f"the {AUTO_EXAMPLE_BUDGET:,}-example budget": AUTO_EXAMPLE_BUDGET}
     if train_tokens:
         mean_length = train_tokens / max(1, train_size)
@@ -79,8 +83,12 @@ def plan_schedule(
     if not bound.endswith("epochs"):
         bound += f": {examples / train_size:.1f} epochs"
     reason = f"adaptive: {train_size:,} training examples -> {bound}, {steps} steps of {batch_size}, dev every {cadence} steps"
-    reason += f", early stopping after {stop} evaluations without improvement" if stop else ", no early stopping"
-    return Schedule(steps, cadence, stop, adaptive=True, reason=reason)
+    minimum = math.ceil(steps * AUTO_MIN_FRACTION) if stop else 0
+    reason += (
+        f", early stopping after {stop} evaluations without improvement (not before step {minimum})" if stop
+        else ", no early stopping"
+    )
+    return Schedule(steps, cadence, stop, adaptive=True, min_steps=minimum, reason=reason)
 
 
 def _cheapest_eval_every(dev_size: int, batch_size: int) -> int:
