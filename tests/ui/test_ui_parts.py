@@ -8,8 +8,10 @@ from datetime import datetime, timezone
 import pytest
 
 from transferkit.errors import InvalidInputError
-from transferkit.registry import ExpertRecord
-from transferkit.ui import svg, views
+from transferkit.lineage import LineageGraph, LineageNode
+from transferkit.registry import ExpertRecord, LineageEdge
+from transferkit.ui import graph, svg, views
+from transferkit.ui.graph import lineage_svg
 from transferkit.ui.security import TokenGate, check_bind, redact_paths
 from transferkit.webserver import is_loopback
 
@@ -69,6 +71,38 @@ def test_charts_are_svg_with_every_value():
     assert svg.nice_ticks(0.43, 0.43)[0] < 0.43 < svg.nice_ticks(0.43, 0.43)[-1]  # one value: a band around it
     assert svg.nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
     assert re.fullmatch(r"#[0-9a-f]{6}", svg.color(0.5)) and svg.color(-1) == "#440154" and svg.color(2) == "#fde725"
+
+
+def test_axis_labels_are_distinct_and_short():
+    loss = svg.nice_ticks(1.083, 1.102)  # a loss that barely moves: ticks 0.005 apart
+    assert svg.tick_labels(loss) == ["1.080", "1.085", "1.090", "1.095", "1.100", "1.105"]
+    assert svg.tick_labels([0, 2000, 4000]) == ["0", "2,000", "4,000"]
+    assert svg.tick_labels([0, 2e11, 4e11]) == ["0G", "200G", "400G"] and svg.tick_labels([0, 1e6, 2e6]) == ["0M", "1M", "2M"]
+    chart = svg.line_chart({"loss": [(1, 1.083), (2, 1.102)]}, title="t", x_label="step", y_label="loss")
+    assert chart.count(">1.085<") == 1 and chart.count(">1.09<") == 0
+
+
+def _node(expert_id: str, name: str) -> LineageNode:
+    return LineageNode(expert_id, name, "glue/rte", "lora", None, "bb", {}, "r", "train-source", 1, [], {"fingerprint": "f" * 64},
+                       {}, {}, {"name": "accuracy", "test": 0.5})
+
+
+def _label_positions(graph: str) -> dict[str, float]:
+    """Parent id -> x of its edge's role label."""
+    return {m[1]: float(m[2]) for m in re.finditer(r'<g class="edge" data-parent="(\w+)".*?<text x="([\d.]+)"', graph)}
+
+
+def test_edge_labels_sit_where_the_edges_spread_out():
+    nodes = {i: _node(i, i) for i in ("a", "b", "m")}
+    into_one = lineage_svg(LineageGraph("m", "ancestors", nodes, [LineageEdge("a", "m", "source", 0.6), LineageEdge("b", "m", "source", 0.4)]),
+                           LineageGraph("m", "descendants", {"m": nodes["m"]}))[0]
+    gap_start = 20 + graph.NODE_W  # the parents' column ends here, the child's starts COLUMN_GAP later
+    assert all(x < gap_start + graph.COLUMN_GAP / 2 for x in _label_positions(into_one).values())  # near the parents
+    out_of_one = lineage_svg(LineageGraph("a", "ancestors", {"a": nodes["a"]}),
+                             LineageGraph("a", "descendants", nodes, [LineageEdge("a", "m", "init", None), LineageEdge("a", "b", "init", None)]))[0]
+    assert all(x > gap_start + graph.COLUMN_GAP / 2 for x in _label_positions(out_of_one).values())  # near the children
+    labels = [float(y) for y in re.findall(r'<text x="[\d.]+" y="([\d.]+)" font-size="10" ', into_one)]
+    assert len(labels) == 2 and abs(labels[0] - labels[1]) > 30  # the two sources' labels do not overlap
 
 
 def _expert(extra: dict) -> ExpertRecord:

@@ -54,7 +54,13 @@ def lineage_svg(ancestors: LineageGraph, descendants: LineageGraph) -> tuple[Mar
         for row, node_id in enumerate(ids):
             place[node_id] = (20 + (level - first) * (NODE_W + COLUMN_GAP), top + row * (NODE_H + ROW_GAP))
     width = (max(columns) - first + 1) * (NODE_W + COLUMN_GAP) - COLUMN_GAP + 40
-    body = [_edge(edge, place, nodes) for edge in kept if edge.parent_id in place and edge.child_id in place]
+    drawn = [edge for edge in kept if edge.parent_id in place and edge.child_id in place]
+    parents_of: dict[str, int] = {}
+    for edge in drawn:
+        parents_of[edge.child_id] = parents_of.get(edge.child_id, 0) + 1
+    # Labels sit on the spread-out part of an edge: near the parent where several edges meet at one child (a mixture's
+    # sources), near the child where one parent fans out to several children.
+    body = [_edge(edge, place, nodes, 0.3 if parents_of[edge.child_id] > 1 else 0.65) for edge in drawn]
     body += [_node(nodes[node_id], *place[node_id], node_id == root) for node_id in depth]
     label = f"lineage of {nodes[root].name}: {len(depth) - 1} related experts"
     svg = Markup(
@@ -73,7 +79,8 @@ def _edge_labels(edge: LineageEdge, child: LineageNode) -> tuple[str, str]:
     return f"{edge.role}{weight}", f"data {data[:10]}" if data else "data unknown"
 
 
-def _edge(edge: LineageEdge, place: dict[str, tuple[float, float]], nodes: dict[str, LineageNode]) -> str:
+def _edge(edge: LineageEdge, place: dict[str, tuple[float, float]], nodes: dict[str, LineageNode], t: float) -> str:
+    """One edge as a curve from the parent's right side to the child's left, labelled at fraction `t` of the curve."""
     (px, py), (cx, cy) = place[edge.parent_id], place[edge.child_id]
     x1, y1, x2, y2 = px + NODE_W, py + NODE_H / 2, cx, cy + NODE_H / 2
     bend = max(40.0, abs(x2 - x1) / 2)
@@ -81,8 +88,6 @@ def _edge(edge: LineageEdge, place: dict[str, tuple[float, float]], nodes: dict[
     child = nodes[edge.child_id]
     role, data = _edge_labels(edge, child)
     tip = f"{nodes[edge.parent_id].name} → {child.name}: {role}, {data} ({child.data.get('fingerprint') or '-'})"
-    # Labels sit 60% along the curve, where the edges of one node fan out towards their other ends.
-    t = 0.6
     mid_x = (1 - t) ** 3 * x1 + 3 * (1 - t) ** 2 * t * (x1 + bend) + 3 * (1 - t) * t**2 * (x2 - bend) + t**3 * x2
     mid_y = (1 - t) ** 3 * y1 + 3 * (1 - t) ** 2 * t * y1 + 3 * (1 - t) * t**2 * y2 + t**3 * y2
     return (

@@ -106,6 +106,20 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """The ticks written with as few decimals as keep them exact and distinct (1.080, 1.085; 0, 5,000, 10,000),
+    in thousands, millions, ... from a million up (200M, 400M)."""
+    largest = max((abs(tick) for tick in ticks), default=0.0)
+    power = min(4, int(math.log10(largest) // 3)) if largest >= 1e6 else 0
+    scaled, suffix = [tick / 1000**power for tick in ticks], ("", "k", "M", "G", "T")[power]
+    for decimals in range(13):
+        labels = [f"{value:,.{decimals}f}" for value in scaled]
+        if len(set(labels)) == len(labels) and all(abs(float(label.replace(",", "")) - value) <= 1e-9 * max(1.0, abs(value))
+                                                   for label, value in zip(labels, scaled)):
+            return [label + suffix for label in labels]
+    return [f"{tick:g}" for tick in ticks]
+
+
 def _legend(series: Sequence[str], x: float, y: float) -> list[str]:
     items, offset = [], 0.0
     for k, name in enumerate(series):
@@ -116,13 +130,13 @@ def _legend(series: Sequence[str], x: float, y: float) -> list[str]:
     return items
 
 
-def _axis(ticks: list[float], scale: Callable[[float], float], left: float, right: float, fmt: str, label: str, top: float,
+def _axis(ticks: list[float], scale: Callable[[float], float], left: float, right: float, label: str, top: float,
           bottom: float) -> list[str]:
     body = [f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#888888"/>']
-    for tick in ticks:
+    for tick, text in zip(ticks, tick_labels(ticks)):
         y = scale(tick)
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#e3e3e3"/>'
-                    f'<text x="{left - 5}" y="{y + 4:.1f}" font-size="{FONT - 2}" text-anchor="end">{escape(fmt.format(tick))}</text>')
+                    f'<text x="{left - 5}" y="{y + 4:.1f}" font-size="{FONT - 2}" text-anchor="end">{escape(text)}</text>')
     middle = (top + bottom) / 2
     body.append(f'<text x="14" y="{middle:.1f}" font-size="{FONT - 1}" text-anchor="middle" transform="rotate(-90 14 {middle:.1f})">'
                 f"{escape(label)}</text>")
@@ -143,7 +157,7 @@ def bar_chart(
     group_w = max(60, 18 * len(series) + 26, 7 * max((len(c) for c in categories), default=0) + 14)
     width = left + group_w * len(categories) + 20
     scale = lambda v: bottom - (v - ticks[0]) / max(ticks[-1] - ticks[0], 1e-12) * (bottom - top)  # noqa: E731
-    body = _axis(ticks, scale, left, width - 10, fmt, y_label, top, bottom)
+    body = _axis(ticks, scale, left, width - 10, y_label, top, bottom)
     bar_w = (group_w - 20) / max(1, len(series))
     for i, category in enumerate(categories):
         x0 = left + group_w * i + 10
@@ -176,9 +190,9 @@ def line_chart(lines: dict[str, list[tuple[float, float]]], *, title: str, x_lab
     left, top, bottom, right = 64, 34, 220, 500
     sx = lambda v: left + (v - x_ticks[0]) / max(x_ticks[-1] - x_ticks[0], 1e-12) * (right - left)  # noqa: E731
     sy = lambda v: bottom - (v - y_ticks[0]) / max(y_ticks[-1] - y_ticks[0], 1e-12) * (bottom - top)  # noqa: E731
-    body = _axis(y_ticks, sy, left, right, fmt, y_label, top, bottom)
-    for tick in x_ticks:
-        body.append(f'<text x="{sx(tick):.1f}" y="{bottom + 15}" font-size="{FONT - 2}" text-anchor="middle">{tick:g}</text>')
+    body = _axis(y_ticks, sy, left, right, y_label, top, bottom)
+    for tick, text in zip(x_ticks, tick_labels(x_ticks)):
+        body.append(f'<text x="{sx(tick):.1f}" y="{bottom + 15}" font-size="{FONT - 2}" text-anchor="middle">{text}</text>')
     body.append(f'<text x="{(left + right) / 2}" y="{bottom + 30}" font-size="{FONT - 1}" text-anchor="middle">{escape(x_label)}</text>')
     for k, (label, line) in enumerate(lines.items()):
         colour = PALETTE[k % len(PALETTE)]
