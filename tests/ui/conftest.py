@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ui_helpers import CHROMEDRIVER, CHROMIUM, WIDTH, UiServer, start_ui, stop, ui_env
+from ui_helpers import CHROMEDRIVER, CHROMIUM, TOKEN, WIDTH, UiServer, start_ui, stop, ui_env
 from ui_registry import copy_registry, populate
 
 
@@ -24,24 +24,24 @@ def ui_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ui_sqlite(tmp_path_factory, shared_data, ui_home) -> tuple[str, str, dict[str, str]]:
+def ui_sqlite(tmp_path_factory, shared_data, tiny_model_dir, ui_home) -> tuple[str, str, dict[str, str]]:
     """(registry URL, artifacts folder, expert ids) of the real registry, trained once per session."""
     folder = tmp_path_factory.mktemp("ui-sqlite")
     with pytest.MonkeyPatch.context() as patch:
         for key, value in ui_env(ui_home).items():
             patch.setenv(key, value)
-        ids = populate(f"sqlite:///{folder}/registry.db", shared_data)
+        ids = populate(f"sqlite:///{folder}/registry.db", shared_data, tiny_model_dir)
     return f"sqlite:///{folder}/registry.db", str(folder / "registry-artifacts"), ids
 
 
 @pytest.fixture(scope="session")
-def ui_postgres(tmp_path_factory, postgres_server, ui_sqlite, ui_home) -> tuple[str, str, dict[str, str]]:
+def ui_postgres(tmp_path_factory, postgres_server, ui_sqlite, tiny_model_dir, ui_home) -> tuple[str, str, dict[str, str]]:
     """The same experts in a PostgreSQL registry (copied through bundles: same ids, records and artifacts)."""
     url, folder = postgres_server.create_database("ui"), tmp_path_factory.mktemp("ui-postgres")
     with pytest.MonkeyPatch.context() as patch:
         for key, value in ui_env(ui_home).items():
             patch.setenv(key, value)
-        copy_registry(ui_sqlite[0], ui_sqlite[1], url, str(folder / "artifacts"), folder)
+        copy_registry(ui_sqlite[0], ui_sqlite[1], url, str(folder / "artifacts"), folder, tiny_model_dir)
     return url, str(folder / "artifacts"), ui_sqlite[2]
 
 
@@ -52,6 +52,17 @@ def ui(request, ui_home, tmp_path_factory) -> Iterator[UiServer]:
     env = ui_env(ui_home)
     process, base = start_ui(registry, artifacts, env, tmp_path_factory.mktemp("ui-log") / "server.log")
     yield UiServer(request.param, registry, artifacts, base, ids, env, process)
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def locked_ui(ui_sqlite, ui_home, tmp_path_factory) -> Iterator[UiServer]:
+    """`transferkit ui --token TOKEN` over the SQLite registry, shared by the HTTP and browser tests of signing in and the
+    start-up checks (none of them depends on the registry backend, so they run once)."""
+    registry, artifacts, ids = ui_sqlite
+    env = ui_env(ui_home)
+    process, base = start_ui(registry, artifacts, env, tmp_path_factory.mktemp("ui-locked-log") / "server.log", "--token", TOKEN)
+    yield UiServer("sqlite", registry, artifacts, base, ids, env, process)
     stop(process)
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
 from cli_helpers import EXECUTABLE
-from ui_helpers import screenshot, start_ui, stop
+from ui_helpers import TOKEN, screenshot
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -18,8 +17,6 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import transferkit
 from transferkit.accounting import COST_FIELDS, GROUPINGS
-
-TOKEN = "a-long-enough-test-token-0123"
 
 
 def rows(driver) -> list:
@@ -92,7 +89,7 @@ def test_expert_page_shows_metrics_gates_and_a_lineage_graph_that_navigates(ui, 
     layers, sources = list(gates["per_layer"]), gates["sources"]
     columns = len(sources) + ("zero_expert" in gates)
     cells = browser.find_elements(By.CSS_SELECTOR, "#gate-heatmap g.cell")
-    assert len(cells) == len(layers) * columns == 6 * columns
+    assert len(cells) == len(layers) * columns == 2 * columns  # the tiny BERT's two layers
     for cell in cells:
         i, j = int(cell.get_attribute("data-row")), int(cell.get_attribute("data-col"))
         expected = gates["per_layer"][layers[i]][j] if j < len(sources) else gates["zero_expert"]["per_layer"][layers[i]]
@@ -188,21 +185,21 @@ def test_tasks_compare_and_runs_pages(ui, browser):
     assert [r.get_attribute("data-arm") for r in browser.find_elements(By.CSS_SELECTOR, "#grid-g1 table.grid-table tbody tr")] == ["pemt"]
 
     browser.get(f"{ui.base}/runs")
-    states = {row.get_attribute("data-state") for row in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr[data-run]")}
-    assert states == {"alive", "failed"}  # this test process's run, and the failed one
-    assert "training diverged at step 3" in browser.find_element(By.ID, "runs").text
+    shown = {row.get_attribute("data-state"): row for row in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr[data-run]")}
+    assert set(shown) == {"alive", "failed", "interrupted"}  # the fixture process's run, the failed and the stopped one
+    assert "training diverged at step 3" in shown["failed"].text
+    assert shown["interrupted"].find_element(By.CSS_SELECTOR, ".resume").text == \
+        "resume with: transferkit train-source qnli --resume"
+    assert shown["alive"].find_element(By.CSS_SELECTOR, ".resume").text == ""  # its process is still there
     screenshot(browser, ui.backend, "runs")
 
 
-def test_a_browser_signs_in_with_the_token(ui, browser, tmp_path):
-    if ui.backend != "sqlite":
-        pytest.skip("the token gate does not depend on the registry backend")
-    process, base = start_ui(ui.registry, ui.artifacts, ui.env, tmp_path / "server.log", "--token", TOKEN)
+def test_a_browser_signs_in_with_the_token(locked_ui, browser):
     try:
         browser.delete_all_cookies()
-        browser.get(f"{base}/experts?sort=name")
+        browser.get(f"{locked_ui.base}/experts?sort=name")
         assert browser.title.startswith("Sign in") and not rows(browser)
-        screenshot(browser, ui.backend, "sign-in")
+        screenshot(browser, locked_ui.backend, "sign-in")
         browser.find_element(By.NAME, "token").send_keys("not-the-token-but-long-enough")
         browser.find_element(By.CSS_SELECTOR, "form.login button").click()
         error = WebDriverWait(browser, 60).until(expected_conditions.presence_of_element_located((By.ID, "login-error")))
@@ -215,4 +212,3 @@ def test_a_browser_signs_in_with_the_token(ui, browser, tmp_path):
         assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
     finally:
         browser.delete_all_cookies()
-        stop(process)

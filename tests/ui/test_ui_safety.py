@@ -12,15 +12,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-import pytest
 from cli_helpers import EXECUTABLE, assert_one_line_error
-from ui_helpers import REPO, SHARED_DATA, http_get, start_ui, stop
+from ui_helpers import REPO, SHARED_DATA, TOKEN, http_get, start_ui, stop
 from sqlalchemy import create_engine, text
 
 from transferkit.registry.rows import Base
 from transferkit.ui.security import CONTENT_SECURITY_POLICY, SESSION_COOKIE
 
-TOKEN = "another-long-test-token-4567"
 MAX_PAGES = 120
 ERRORS = [  # (path, expected status): refused parameters, unknown pages and experts, traversal, wrong methods
     ("/no/such/page", 404), ("/experts/no-such-expert", 404), ("/experts?page=0", 422), ("/experts?per_page=1000", 422),
@@ -146,45 +144,41 @@ def test_a_failure_inside_a_page_is_a_500_without_details(ui, monkeypatch, tmp_p
     check_response("/runs", 500, {k.lower(): v for k, v in response.headers.items()}, response.text, [str(tmp_path), "secret"])
 
 
-def test_a_token_locks_every_page(ui, tmp_path):
-    if ui.backend != "sqlite":
-        pytest.skip("the token gate does not depend on the registry backend")
-    process, base = start_ui(ui.registry, ui.artifacts, ui.env, tmp_path / "server.log", "--token", TOKEN)
-    try:
-        pages = ["/", "/experts", f"/experts/{ui.ids['pemt']}", "/tasks", "/compare", "/cost?by=day", "/runs", "/no/such/page",
-                 "/experts?page=0"]
-        wrong = [{}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": f"Basic {TOKEN}"},
-                 {"Authorization": f"Bearer {TOKEN}x"}, {"Cookie": f"{SESSION_COOKIE}=forged"}, {"Cookie": f"{SESSION_COOKIE}={TOKEN}"}]
-        for path in pages:
-            for headers in wrong:
-                status, response_headers, body = http_get(base, path, headers)
-                assert status == 401, (path, headers, status)
-                assert response_headers["www-authenticate"].startswith("Bearer") and "Sign in" in body
-                shown = body.replace(f'value="{path.replace("&", "&amp;")}"', "")  # the page asked for, echoed in the form
-                assert ui.ids["pemt"] not in shown and "rte-lora" not in shown and "registry.db" not in shown  # nothing leaks
-                check_response(path, status, response_headers, body, [TOKEN])
-            status, _, body = http_get(base, path, {"Authorization": f"Bearer {TOKEN}"})
-            assert status == {"/": 303, "/no/such/page": 404, "/experts?page=0": 422}.get(path, 200), (path, status)
-        assert http_get(base, "/static/ui.css")[0] == 200  # the sign-in page's own style and script need no token
+def test_a_token_locks_every_page(locked_ui, tmp_path):
+    base, ids = locked_ui.base, locked_ui.ids
+    pages = ["/", "/experts", f"/experts/{ids['pemt']}", "/tasks", "/compare", "/cost?by=day", "/runs", "/no/such/page",
+             "/experts?page=0"]
+    wrong = [{}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": f"Basic {TOKEN}"},
+             {"Authorization": f"Bearer {TOKEN}x"}, {"Cookie": f"{SESSION_COOKIE}=forged"}, {"Cookie": f"{SESSION_COOKIE}={TOKEN}"}]
+    for path in pages:
+        for headers in wrong:
+            status, response_headers, body = http_get(base, path, headers)
+            assert status == 401, (path, headers, status)
+            assert response_headers["www-authenticate"].startswith("Bearer") and "Sign in" in body
+            shown = body.replace(f'value="{path.replace("&", "&amp;")}"', "")  # the page asked for, echoed in the form
+            assert ids["pemt"] not in shown and "rte-lora" not in shown and "registry.db" not in shown  # nothing leaks
+            check_response(path, status, response_headers, body, [TOKEN])
+        status, _, body = http_get(base, path, {"Authorization": f"Bearer {TOKEN}"})
+        assert status == {"/": 303, "/no/such/page": 404, "/experts?page=0": 422}.get(path, 200), (path, status)
+    assert http_get(base, "/static/ui.css")[0] == 200  # the sign-in page's own style and script need no token
 
-        form = {"Content-Type": "application/x-www-form-urlencoded"}
-        status, _, body = http_get(base, "/login", form, "POST", b"token=wrong-token-of-some-length&next=/tasks")
-        assert status == 401 and "not the right one" in body
-        status, headers, _ = http_get(base, "/login", form, "POST", f"token={TOKEN}&next=//evil.example/x".encode())
-        assert status == 303 and headers["location"] == "/experts"  # never sent off this site
-        status, headers, _ = http_get(base, "/login", form, "POST", f"token={TOKEN}&next=/tasks".encode())
-        cookie = headers["set-cookie"]
-        assert status == 303 and headers["location"] == "/tasks"
-        attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
-        assert {"httponly", "samesite=strict", "path=/"} <= attributes and TOKEN not in cookie
-        session = cookie.split(";")[0]
-        assert http_get(base, "/tasks", {"Cookie": session})[0] == 200
-    finally:
-        stop(process)
-    # A new server process signs everyone out: the old cookie no longer opens anything.
-    process, base = start_ui(ui.registry, ui.artifacts, ui.env, tmp_path / "server2.log", "--token", TOKEN)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, body = http_get(base, "/login", form, "POST", b"token=wrong-token-of-some-length&next=/tasks")
+    assert status == 401 and "not the right one" in body
+    status, headers, _ = http_get(base, "/login", form, "POST", f"token={TOKEN}&next=//evil.example/x".encode())
+    assert status == 303 and headers["location"] == "/experts"  # never sent off this site
+    status, headers, _ = http_get(base, "/login", form, "POST", f"token={TOKEN}&next=/tasks".encode())
+    cookie = headers["set-cookie"]
+    assert status == 303 and headers["location"] == "/tasks"
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/"} <= attributes and TOKEN not in cookie
+    session = cookie.split(";")[0]
+    assert http_get(base, "/tasks", {"Cookie": session})[0] == 200
+    # Another server process (a restart) with the same token does not take the cookie: restarting signs everyone out.
+    process, other = start_ui(locked_ui.registry, locked_ui.artifacts, locked_ui.env, tmp_path / "server.log", "--token", TOKEN)
     try:
-        assert http_get(base, "/tasks", {"Cookie": session})[0] == 401
+        assert http_get(other, "/tasks", {"Cookie": session})[0] == 401
+        assert http_get(other, "/tasks", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
     finally:
         stop(process)
 
@@ -194,9 +188,8 @@ def run_ui(ui, *args: str, registry: str | None = None) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=120)
 
 
-def test_the_command_refuses_unsafe_or_impossible_starts(ui, tmp_path):
-    if ui.backend != "sqlite":
-        pytest.skip("start-up checks do not depend on the registry backend")
+def test_the_command_refuses_unsafe_or_impossible_starts(locked_ui, tmp_path):
+    ui = locked_ui  # start-up checks do not depend on the registry backend: the SQLite registry
     assert_one_line_error(run_ui(ui, "--host", "0.0.0.0"), "needs a token", "TRANSFERKIT_UI_TOKEN")
     assert_one_line_error(run_ui(ui, "--host", "::"), "needs a token")
     assert_one_line_error(run_ui(ui, "--host", "0.0.0.0", "--token", "short"), "at least 16")

@@ -21,6 +21,7 @@ SHARED_DATA = Path(os.environ.get("TRANSFERKIT_TEST_DATA", REPO.parent / "shared
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 WIDTH = 1200
+TOKEN = "a-long-enough-test-token-0123"  # the token of the `locked_ui` server
 
 
 @dataclass
@@ -87,7 +88,6 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
 
 
 def screenshot(driver, backend: str, name: str) -> Path:

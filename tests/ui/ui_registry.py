@@ -1,9 +1,11 @@
-"""A small real registry for the UI tests: experts trained on real data with the packaged MiniLM, tiny budgets.
+"""A small real registry for the UI tests: experts trained on real data, on the session's tiny BERT (2 layers,
+hidden 32, the packaged MiniLM's tokenizer) so that the fixture costs seconds, not minutes. Task embeddings still
+come from the packaged MiniLM, as always.
 
-`populate(url, data_dir)` stores: two LoRA source experts (RTE, MRPC; 10 steps on 64 examples), a `compare`
+`populate(url, data_dir, model)` stores: two LoRA source experts (RTE, MRPC; 10 steps on 64 examples), a `compare`
 grid on CB (scratch, spot and pemt, seeds 1 and 2, 4 steps each: pemt cells are gated mixtures of both
 sources), an evaluation, curation (alias, tags, a note), one run still running (this process, fresh
-heartbeat) and one failed run. `copy_registry` moves it to another database through bundles.
+heartbeat), one failed run and one interrupted run. `copy_registry` moves it to another database through bundles.
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ GRID = Grid(name="g1", targets=["cb"], strategies=["scratch", "spot", "pemt"], s
             budget=GridBudget(max_steps=4, batch_size=8, max_length=96, eval_every=4))
 
 
-def populate(url: str, data_dir: Path) -> dict[str, str]:
+def populate(url: str, data_dir: Path, model: Path) -> dict[str, str]:
     """Train and curate everything described above into the registry at `url`; returns expert ids by role."""
     store = open_registry(url)
     ids = {}
     for task in ("rte", "mrpc"):
         expert = train_source(store, SourceJob(
-            task=task, method="lora", data_dir=data_dir, name=f"{task}-lora", max_train_examples=64, show_progress=False,
+            task=task, method="lora", model=str(model), data_dir=data_dir, name=f"{task}-lora", max_train_examples=64,
+            show_progress=False,
             training=TrainingConfig(max_steps=10, batch_size=16, max_length=96, eval_every=5, eval_batch_size=128, seed=1),
             command=["transferkit", "train-source", task, "--max-steps", "10"],
         ))
         ids[task] = expert.id
-    run_grid(store, GRID, data_dir, None, show_progress=False)
+    run_grid(store, GRID, data_dir, str(model), show_progress=False)
     store.close()
     with transferkit.Registry(url, data_dir=data_dir) as registry:
         rte = registry.get("rte-lora")
@@ -46,15 +49,17 @@ def populate(url: str, data_dir: Path) -> dict[str, str]:
 
 
 def add_runs(url: str, artifacts: str | None = None) -> None:
-    """A run of this process with a fresh heartbeat (alive), and one that failed."""
+    """A run of this process with a fresh heartbeat (alive), one that failed and one stopped by a signal."""
     store = open_registry(url, artifacts)
     store.start_run("train-source", ["transferkit", "train-source", "sst2"], {"job": {"task": "glue/sst2"}}, 3, {}, {}, {})
     failed = store.start_run("transfer", ["transferkit", "transfer", "--target", "rte"], {"job": {"target": "glue/rte"}}, 4, {}, {}, {})
     store.finish_run(failed.id, "failed", {}, error="RuntimeError: training diverged at step 3")
+    stopped = store.start_run("train-source", ["transferkit", "train-source", "qnli"], {"job": {"task": "glue/qnli"}}, 5, {}, {}, {})
+    store.finish_run(stopped.id, "interrupted", {}, error="interrupted at step 40 (SIGTERM); checkpoint written")
     store.close()
 
 
-def copy_registry(source: str, source_artifacts: str, target: str, target_artifacts: str, folder: Path) -> None:
+def copy_registry(source: str, source_artifacts: str, target: str, target_artifacts: str, folder: Path, model: Path) -> None:
     """Every expert of `source` into `target` through bundles (records, artifacts, curation); evaluations and the
     extra runs are added again. Nothing is retrained."""
     with (transferkit.Registry(source, artifacts=source_artifacts) as origin,
@@ -63,7 +68,7 @@ def copy_registry(source: str, source_artifacts: str, target: str, target_artifa
         for number, expert in enumerate(experts):
             bundle = folder / f"{number}.transferkit.tar.gz"
             expert.export(bundle, with_sources=True)
-            destination.import_expert(bundle)
+            destination.import_expert(bundle, model=str(model))
         for expert in experts:
             for evaluation in expert.evaluations:
                 fields = evaluation.to_dict()

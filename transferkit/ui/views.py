@@ -237,19 +237,26 @@ def _sum(values: Any) -> float | None:
 
 
 def runs_page(registry: Registry) -> dict[str, Any]:
-    """Runs that have not finished: running ones with their heartbeat and whether their process is still there, and
-    the ones that failed (or stopped otherwise), newest first."""
+    """Runs that have not finished, newest first: running ones with their heartbeat and whether their process is still
+    there, failed and interrupted ones with their error; every resumable one with its latest checkpoint and how to
+    resume it (`transferkit list --runs`'s view, `transferkit.runs.run_state`)."""
+    from transferkit.runs import run_state
+    from transferkit.training.interrupt import how_to_resume
+
     now = datetime.now(timezone.utc)
     runs = registry.runs(statuses=[s for s in RUN_STATUSES if s != "finished"])
     rows = []
     for run in runs[:RUNS_SHOWN]:
         gone = abandonment(run, DEFAULT_MAX_SILENCE, now) if run.status == "running" else None
+        state = run_state(registry.store, run, DEFAULT_MAX_SILENCE)
         job = run.hyperparams.get("job") or {}
         rows.append({
             "run": run, "task": job.get("task") or job.get("target") or run.data_fingerprint.get("task"),
             "name": job.get("name"), "silence": describe_duration(now - last_sign_of_life(run)), "gone": gone,
             "state": run.status if run.status != "running" else ("abandoned" if gone else "alive"),
+            "checkpoint": state.checkpoint.step if state.checkpoint else None,
+            "resume": how_to_resume(run.command, spell_out=True) if state.resumable else None,
         })
-    counts = {state: sum(1 for r in rows if r["state"] == state) for state in ("alive", "abandoned")}
+    counts = {state: sum(1 for r in rows if r["state"] == state) for state in ("alive", "abandoned", "interrupted")}
     return {"rows": rows, "total": len(runs), "shown": len(rows), "counts": counts,
-            "failed": sum(1 for r in runs if r.status != "running")}
+            "failed": sum(1 for r in runs if r.status == "failed")}
