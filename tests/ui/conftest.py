@@ -86,6 +86,7 @@ def chromium(javascript: bool = True) -> Iterator[object]:
         options.add_argument(flag)
     if not javascript:
         options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for `console_problems`
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(120)
     try:
@@ -93,6 +94,24 @@ def chromium(javascript: bool = True) -> Iterator[object]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def console_problems(driver) -> list[str]:
+    """Errors and warnings the browser's console got since the last call (CSP violations, failed loads, script errors);
+    a refused sign-in's own 401 is expected."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] in ("SEVERE", "WARNING") and "status of 401" not in entry["message"]]
+
+
+@pytest.fixture(autouse=True)
+def clean_console(request) -> Iterator[None]:
+    """Every browser test ends with a console free of errors: nothing was blocked by the CSP or failed to load."""
+    drivers = [request.getfixturevalue(name) for name in ("browser", "browser_without_js") if name in request.fixturenames]
+    for driver in drivers:
+        driver.get_log("browser")  # what earlier tests left
+    yield
+    for driver in drivers:
+        assert console_problems(driver) == []
 
 
 @pytest.fixture(scope="session")
