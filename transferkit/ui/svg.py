@@ -56,7 +56,9 @@ def heatmap(
     label_width = min(240, 7 * max((len(r) for r in rows), default=4) + 12)
     cell_w, cell_h = max(44, min(90, 560 // max(1, len(columns)))), 24
     header = min(130, 6 * max((len(c) for c in columns), default=4) + 16)
-    width, height = label_width + cell_w * len(columns) + 10, header + cell_h * len(rows) + 10
+    # Column labels slant up to the right from their cell's middle: room for the last one beyond the grid.
+    overhang = max(10, round(0.82 * 6.5 * len(_short(columns[-1], 22)) - cell_w / 2)) if columns else 10
+    width, height = label_width + cell_w * len(columns) + overhang, header + cell_h * len(rows) + 10
     body = []
     for j, column in enumerate(columns):
         x = label_width + cell_w * (j + 0.5)
