@@ -30,7 +30,7 @@ def ui_sqlite(tmp_path_factory, shared_data, tiny_model_dir, ui_home) -> tuple[s
     with pytest.MonkeyPatch.context() as patch:
         for key, value in ui_env(ui_home).items():
             patch.setenv(key, value)
-        ids = populate(f"sqlite:///{folder}/registry.db", shared_data, tiny_model_dir)
+        ids = populate(f"sqlite:///{folder}/registry.db", shared_data, tiny_model_dir, folder)
     return f"sqlite:///{folder}/registry.db", str(folder / "registry-artifacts"), ids
 
 

@@ -166,10 +166,13 @@ def test_cost_page_totals_equal_cost_json(ui, browser):
 def test_tasks_compare_and_runs_pages(ui, browser):
     browser.get(f"{ui.base}/tasks")
     tasks = [row.get_attribute("data-task") for row in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr[data-task]")]
-    assert tasks == ["glue/mrpc", "glue/rte", "superglue/cb"]
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#similarity g.cell")) == 9
+    assert tasks == ["glue/mrpc", "glue/rte", "superglue/cb", "team/reviews"]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#similarity g.cell")) == 16
     cb = browser.find_element(By.CSS_SELECTOR, '#tasks tr[data-task="superglue/cb"]')
     assert cb.find_element(By.CSS_SELECTOR, ".c-count").text == "6"
+    custom = browser.find_element(By.CSS_SELECTOR, '#tasks tr[data-task="team/reviews"]')
+    assert [cell.text for cell in custom.find_elements(By.TAG_NAME, "td")[1:6]] == ["custom", "text", "negative, positive", "accuracy", "0"]
+    assert "glue/sst2" in browser.find_element(By.ID, "catalog-missing").text  # catalog tasks with no expert here yet
     screenshot(browser, ui.backend, "tasks")
 
     browser.get(f"{ui.base}/compare")

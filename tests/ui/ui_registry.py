@@ -4,7 +4,7 @@ come from the packaged MiniLM, as always.
 
 `populate(url, data_dir, model)` stores: two LoRA source experts (RTE, MRPC; 10 steps on 64 examples), a `compare`
 grid on CB (scratch, spot and pemt, seeds 1 and 2, 4 steps each: pemt cells are gated mixtures of both
-sources), an evaluation, curation (alias, tags, a note), one run still running (this process, fresh
+sources), a custom task (`team/reviews`, no experts yet), an evaluation, curation (alias, tags, a note), one run still running (this process, fresh
 heartbeat), one failed run and one interrupted run. `copy_registry` moves it to another database through bundles.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import transferkit
 from transferkit.composition.compare import Grid, GridBudget, run_grid
 from transferkit.registry import open_registry
+from transferkit.task_registry import add_task
 from transferkit.training.loop import TrainingConfig
 from transferkit.workflows import SourceJob, train_source
 
@@ -22,9 +23,25 @@ GRID = Grid(name="g1", targets=["cb"], strategies=["scratch", "spot", "pemt"], s
             budget=GridBudget(max_steps=4, batch_size=8, max_length=96, eval_every=4))
 
 
-def populate(url: str, data_dir: Path, model: Path) -> dict[str, str]:
-    """Train and curate everything described above into the registry at `url`; returns expert ids by role."""
+CUSTOM_TASK = """name = "team/reviews"
+description = "Given a short product review, the task is to decide whether it is positive or negative."
+text_fields = ["text"]
+label_names = ["negative", "positive"]
+
+[[files]]
+path = "reviews.csv"
+"""
+REVIEWS = [("a fine kettle", "positive"), ("broke in a week", "negative"), ("works as promised", "positive"),
+           ("a waste of money", "negative")] * 5
+
+
+def populate(url: str, data_dir: Path, model: Path, folder: Path) -> dict[str, str]:
+    """Train and curate everything described above into the registry at `url` (the custom task's files go to `folder`);
+    returns expert ids by role."""
     store = open_registry(url)
+    (folder / "reviews.csv").write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in REVIEWS))
+    (folder / "task.toml").write_text(CUSTOM_TASK)
+    add_task(store, folder / "task.toml", None)
     ids = {}
     for task in ("rte", "mrpc"):
         expert = train_source(store, SourceJob(
@@ -61,7 +78,7 @@ def add_runs(url: str, artifacts: str | None = None) -> None:
 
 def copy_registry(source: str, source_artifacts: str, target: str, target_artifacts: str, folder: Path, model: Path) -> None:
     """Every expert of `source` into `target` through bundles (records, artifacts, curation); evaluations and the
-    extra runs are added again. Nothing is retrained."""
+    extra runs and the custom task (which has no expert to bring it along) are added again. Nothing is retrained."""
     with (transferkit.Registry(source, artifacts=source_artifacts) as origin,
           transferkit.Registry(target, artifacts=target_artifacts) as destination):
         experts = origin.experts(limit=1000, order="created")
@@ -74,4 +91,7 @@ def copy_registry(source: str, source_artifacts: str, target: str, target_artifa
                 fields = evaluation.to_dict()
                 destination.store.add_evaluation(**{k: fields[k] for k in (
                     "expert_id", "task_name", "split", "metric", "metrics", "interval", "examples", "data_fingerprint", "details")})
+        for record in origin.store.list_tasks():
+            if destination.store.get_task(record.name) is None:
+                destination.store.upsert_task(record)
     add_runs(target, target_artifacts)
