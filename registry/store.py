@@ -78,7 +78,6 @@ from transferkit.registry.rows import (
     CounterRow,
     ExpertAliasRow,
     ExpertRow,
-    ExpertTagRow,
     LineageEdgeRow,
     RunRow,
     TaskRow,
