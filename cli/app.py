@@ -183,7 +183,9 @@ def train_source_command(
     store = open_store(options)
     expert = train_source(store, job)
     if as_json:
-        print_json(_expert_details(store, expert, verify=False))
+        from transferkit.inspection import expert_details
+
+        print_json(expert_details(store, expert, verify=False))
         return
     _print_expert_summary(expert)
 
@@ -272,7 +274,9 @@ def transfer_command(
     store = open_store(options)
     outcome = transfer(store, job)
     if as_json:
-        print_json(_expert_details(store, outcome.expert, verify=False))
+        from transferkit.inspection import expert_details
+
+        print_json(expert_details(store, outcome.expert, verify=False))
         return
     if outcome.ranking:
         table = Table(title="sources (ranked by the mean of description and data similarity to the target)")
@@ -417,35 +421,6 @@ def _compare_methods(
     out.print(table)
 
 
-def _expert_details(store, expert, verify: bool = True) -> dict:
-    if verify:
-        store.verify_artifact(expert)
-    run = store.get_run(expert.run_id)
-    edges = store.lineage_edges(expert.id)
-    task = store.get_task(expert.task_name)
-    return {
-        "expert": expert.to_dict(),
-        "artifact": {"uri": expert.artifact_uri, "sha256": expert.artifact_sha256, "bytes": expert.artifact_bytes, "verified": verify},
-        "task": {"name": expert.task_name, "description": task.description if task else None},
-        "run": run.to_dict(),
-        "cost": run.cost,
-        **_cost_details(store, expert),
-        "lineage": {k: [edge.to_dict() for edge in v] for k, v in edges.items()},
-        "curation": store.curation(expert.id).to_dict(),
-        "evaluations": [evaluation.to_dict() for evaluation in store.list_evaluations(expert_id=expert.id)],
-    }
-
-
-def _cost_details(store, expert) -> dict:
-    from transferkit.accounting import RULE, expert_cost
-
-    cost = expert_cost(store, expert.id)
-    return {
-        "own_cost": {**cost.own, "currency": cost.currency, "money_note": cost.money_note},
-        "amortized_cost": {**cost.amortized, "partial": cost.partial, "rule": RULE},
-    }
-
-
 @app.command("inspect")
 def inspect_command(
     ctx: typer.Context,
@@ -466,7 +441,9 @@ def inspect_command(
             raise
         inspect_run(store, run, as_json)
         return
-    details = _expert_details(store, record)
+    from transferkit.inspection import expert_details
+
+    details = expert_details(store, record)
     if as_json:
         print_json(details)
         return
@@ -568,10 +545,11 @@ from transferkit.cli import (  # noqa: E402 - registered onto the `app` defined 
     search,
     serve,
     task,
+    ui,
     use,
 )
 
-for _commands in (listing, lineage, cost, report, merge, search, interop, gc, task, use, curation, serve):
+for _commands in (listing, lineage, cost, report, merge, search, interop, gc, task, use, curation, serve, ui):
     _commands.register(app)
 
 

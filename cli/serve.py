@@ -32,14 +32,16 @@ def serve_command(
     """Serve predictions over HTTP: POST /predict {"expert": NAME, "inputs": [...]}, GET /health (OpenAPI docs at /docs)."""
     from transferkit.serve import ServeLimits
 
+    from transferkit.webserver import bind, is_loopback, serve
+
     limits = ServeLimits(max_body_bytes, max_inputs, max_batch, max_wait_ms)
     limits.validate()
     if not 1 <= port <= 65535:
         raise InvalidInputError(f"--port must be between 1 and 65535, got {port}")
+    is_loopback(host)  # an IP address or localhost: binding never looks a name up
     store = open_store(global_options(ctx, registry, None, artifacts))
     records = {name: store.get_expert(name) for name in experts}  # every name resolves before anything loads
-
-    import uvicorn
+    sock = bind(host, port)  # a taken port is one line now, before the experts load
 
     from transferkit.inference import load_predictor
     from transferkit.serve import create_app
@@ -53,7 +55,4 @@ def serve_command(
     app = create_app(list(loaded.values()), limits, names={name: loaded[record.id] for name, record in records.items()})
     err.print(f"serving {len(loaded)} expert(s) on http://{host}:{port} (POST /predict, GET /health, docs at /docs); Ctrl-C stops",
               markup=False, highlight=False, soft_wrap=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", limit_concurrency=512))
-    server.run()
-    if not server.started:  # e.g. the port is taken: uvicorn logged why
-        raise InvalidInputError(f"could not serve on {host}:{port}; is the port already in use?")
+    serve(app, sock)

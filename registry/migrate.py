@@ -60,6 +60,21 @@ def current_revision(connection: Connection) -> str | None:
     return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+def require_head(engine: Engine, shown: str) -> None:
+    """Refuse (RegistryError) a database that is not at the current schema, without changing it."""
+    with engine.connect() as connection:
+        current = current_revision(connection)
+    if current == HEAD_REVISION:
+        return
+    if current is None:
+        raise RegistryError(f"{shown} is not a transferkit registry (it has no schema); pass the URL of an existing registry")
+    raise RegistryError(
+        f"the registry {shown} is at schema revision {current}, and this transferkit reads revision {HEAD_REVISION}; "
+        "it is opened read-only, so it is not upgraded: upgrade it first with any other transferkit command "
+        "(e.g. `transferkit list`), or use the transferkit version that wrote it"
+    )
+
+
 def upgrade_to_head(engine: Engine) -> None:
     """Create or upgrade the schema; a no-op (read only, no Alembic import) when the database is at head."""
     with engine.connect() as connection:

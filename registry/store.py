@@ -41,12 +41,13 @@ from sqlalchemy import (
     Engine,
     Integer,
     Select,
+    Text,
+    cast,
     create_engine,
     event,
     func,
     literal_column,
     make_url,
-    nulls_last,
     select,
     text,
     update,
@@ -57,6 +58,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from transferkit.errors import ArtifactCorruptError, InvalidInputError, NotFoundError, RegistryError
 from transferkit.registry.artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store, safetensors_metadata
 from transferkit.registry.curation import CurationStore, SqlCuration, restore_curation
+from transferkit.registry.expert_query import expert_filters, expert_ordering, page_query
 from transferkit.registry.entities import (
     RUN_STATUSES,
     ExpertCuration,
@@ -70,13 +72,12 @@ from transferkit.registry.entities import (
 )
 from transferkit.registry.liveness import abandonment, current_process
 from transferkit.registry.evaluations import EvaluationStore, SqlEvaluations
-from transferkit.registry.migrate import upgrade_to_head
+from transferkit.registry.migrate import require_head, upgrade_to_head
 from transferkit.registry.rows import (
     COST_COLUMNS,
     CounterRow,
     ExpertAliasRow,
     ExpertRow,
-    ExpertTagRow,
     LineageEdgeRow,
     RunRow,
     TaskRow,
@@ -100,10 +101,6 @@ DEFAULT_MAX_SILENCE = timedelta(hours=24)
 MIN_ID_PREFIX = 4
 _HEX = re.compile(r"[0-9a-fA-F]+")
 LINEAGE_DIRECTIONS = ("ancestors", "descendants")
-_NEWEST = (ExpertRow.created_at.desc(), ExpertRow.id.desc())
-# "best": the highest primary dev metric first, experts without one last, then the newest.
-_EXPERT_ORDERING = {"newest": _NEWEST, "best": (nulls_last(ExpertRow.dev_score.desc()), *_NEWEST)}
-EXPERT_ORDERS = tuple(_EXPERT_ORDERING)
 
 
 class ExpertReader(Protocol):
@@ -135,8 +132,12 @@ class RegistryStore(CurationStore, EvaluationStore, abc.ABC):
         """The task with this exact name, if registered."""
 
     @abc.abstractmethod
-    def list_tasks(self, names: Collection[str] | None = None) -> list[TaskRecord]:
-        """All registered tasks (or those of `names` that exist), by name."""
+    def list_tasks(self, names: Collection[str] | None = None, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+        """All registered tasks (or those of `names` that exist), by name; one page with `limit` / `offset`."""
+
+    @abc.abstractmethod
+    def count_tasks(self) -> int:
+        """How many tasks are registered."""
 
     @abc.abstractmethod
     def start_run(
@@ -244,6 +245,8 @@ class RegistryStore(CurationStore, EvaluationStore, abc.ABC):
         backbone_id: str | None = None,
         exclude_run_kind: str | None = None,
         tag: tuple[str, str | None] | None = None,
+        strategy: str | None = None,
+        text: str | None = None,
         order: str = "newest",
         limit: int | None = None,
         offset: int = 0,
@@ -251,13 +254,16 @@ class RegistryStore(CurationStore, EvaluationStore, abc.ABC):
         """Experts matching all given filters, one page at a time; `tag` is (key, value), value None for any value.
 
         `order="newest"`: newest first; `"best"`: highest primary dev metric first (experts without one last),
-        then newest. `exclude_run_kind` drops experts made by runs of that kind (e.g. "transfer").
+        then newest; or a sort key such as `params` or `-cost` (see `transferkit.registry.expert_query`).
+        `exclude_run_kind` drops experts made by runs of that kind (e.g. "transfer"); `strategy` keeps those
+        made with that transfer strategy; `text` keeps those whose id, name, task, method, backbone, note,
+        tags or aliases mention every one of its words.
         """
 
     @abc.abstractmethod
     def count_experts(
         self, *, task_name: str | None = None, method: str | None = None, backbone_id: str | None = None,
-        tag: tuple[str, str | None] | None = None,
+        tag: tuple[str, str | None] | None = None, strategy: str | None = None, text: str | None = None,
     ) -> int:
         """How many experts match the filters (for 'n of total' displays)."""
 
@@ -299,9 +305,19 @@ class RegistryStore(CurationStore, EvaluationStore, abc.ABC):
 
     @abc.abstractmethod
     def list_expert_runs(
-        self, *, task_name: str | None = None, since: datetime | None = None
+        self, *, task_name: str | None = None, since: datetime | None = None, expert_ids: Collection[str] | None = None,
+        command_contains: str | None = None,
     ) -> list[tuple[ExpertRecord, RunRecord]]:
-        """(expert, the run that made it) pairs, oldest first, optionally for one task / created at or after `since`."""
+        """(expert, the run that made it) pairs, oldest first, optionally for one task / created at or after `since` /
+        these exact expert ids / runs whose recorded command has an argument containing `command_contains`."""
+
+    @abc.abstractmethod
+    def lineage_closure(self, expert_ids: Collection[str], direction: str = "ancestors", max_depth: int = 64) -> list[LineageEdge]:
+        """Every edge reachable from any of these experts (as `lineage_graph`, for several at once; no cycle check)."""
+
+    @abc.abstractmethod
+    def count_children(self, parent_ids: Collection[str], roles: Collection[str]) -> dict[str, int]:
+        """How many distinct experts have each of these experts as a parent in one of `roles` (absent: none)."""
 
     # lineage queries
 
@@ -432,12 +448,18 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
             row = session.get(TaskRow, name)
             return None if row is None else _entity(TaskRecord, row)
 
-    def list_tasks(self, names: Collection[str] | None = None) -> list[TaskRecord]:
-        query = select(TaskRow).order_by(TaskRow.name)
+    def list_tasks(self, names: Collection[str] | None = None, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+        if (limit is not None and limit < 0) or offset < 0:
+            raise InvalidInputError(f"limit and offset must not be negative (got limit={limit}, offset={offset})")
+        query = select(TaskRow).order_by(TaskRow.name).offset(offset).limit(limit)
         if names is not None:
             query = query.where(TaskRow.name.in_(list(names)))
         with self._transaction() as session:
             return [_entity(TaskRecord, row) for row in session.scalars(query)]
+
+    def count_tasks(self) -> int:
+        with self._transaction() as session:
+            return int(session.scalar(select(func.count()).select_from(TaskRow)) or 0)
 
     # runs
 
@@ -662,7 +684,7 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
                         f"expert {expert.name} ({expert.id}) records artifact uri {expert.artifact_uri!r}, but its content "
                         f"is stored at {uri!r}; the record was edited"
                     )
-                session.add(ExpertRow(**asdict(expert)))
+                session.add(ExpertRow(**asdict(expert), dev_score=dev_score(expert.metrics)))  # ranked like any other
             session.flush()  # experts before the edges that reference them (SQLite checks FKs per statement)
             added = {expert.id for expert, _ in new_experts}
             session.add_all(
@@ -716,24 +738,25 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
         backbone_id: str | None = None,
         exclude_run_kind: str | None = None,
         tag: tuple[str, str | None] | None = None,
+        strategy: str | None = None,
+        text: str | None = None,
         order: str = "newest",
         limit: int | None = None,
         offset: int = 0,
     ) -> list[ExpertRecord]:
         if (limit is not None and limit < 0) or offset < 0:
             raise InvalidInputError(f"limit and offset must not be negative (got limit={limit}, offset={offset})")
-        if order not in EXPERT_ORDERS:
-            raise InvalidInputError(f"expert order must be one of {', '.join(EXPERT_ORDERS)}, not {order!r}")
-        query = _expert_filters(select(ExpertRow), task_name, method, backbone_id, exclude_run_kind, tag)
-        query = query.order_by(*_EXPERT_ORDERING[order]).offset(offset).limit(limit)
+        ids = expert_filters(select(ExpertRow.id), task_name, method, backbone_id, exclude_run_kind, tag, strategy, text)
+        query = page_query(ids, order, limit, offset)
         with self._transaction() as session:
             return [_entity(ExpertRecord, row) for row in session.scalars(query)]
 
     def count_experts(
         self, *, task_name: str | None = None, method: str | None = None, backbone_id: str | None = None,
-        tag: tuple[str, str | None] | None = None,
+        tag: tuple[str, str | None] | None = None, strategy: str | None = None, text: str | None = None,
     ) -> int:
-        query = _expert_filters(select(func.count()).select_from(ExpertRow), task_name, method, backbone_id, tag=tag)
+        query = select(func.count()).select_from(ExpertRow)
+        query = expert_filters(query, task_name, method, backbone_id, tag=tag, strategy=strategy, text=text)
         with self._transaction() as session:
             return int(session.scalar(query) or 0)
 
@@ -742,7 +765,7 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
     ) -> list[ExpertGroup]:
         columns = (ExpertRow.task_name, ExpertRow.method)
         query = select(*columns, func.count(), func.max(ExpertRow.created_at)).select_from(ExpertRow)
-        query = _expert_filters(query, None, None, backbone_id, exclude_run_kind).where(ExpertRow.method.in_(list(methods)))
+        query = expert_filters(query, None, None, backbone_id, exclude_run_kind).where(ExpertRow.method.in_(list(methods)))
         query = query.group_by(*columns).order_by(*columns)
         with self._transaction() as session:
             return [ExpertGroup(task, method, count, newest) for task, method, count, newest in session.execute(query)]
@@ -761,10 +784,10 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
         partition = {"partition_by": ExpertRow.task_name}
         ranked = select(
             ExpertRow.id,
-            func.row_number().over(**partition, order_by=_EXPERT_ORDERING["best"]).label("rank"),
+            func.row_number().over(**partition, order_by=expert_ordering("best")[0]).label("rank"),
             func.count().over(**partition).label("total"),
         ).where(ExpertRow.task_name.in_(list(task_names)))
-        ranked = _expert_filters(ranked, None, method, backbone_id, exclude_run_kind).subquery()
+        ranked = expert_filters(ranked, None, method, backbone_id, exclude_run_kind).subquery()
         query = (
             select(ExpertRow, ranked.c.total)
             .join(ranked, ranked.c.id == ExpertRow.id)
@@ -809,13 +832,18 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
             return [_entity(LineageEdge, row) for row in session.scalars(select(LineageEdgeRow).order_by(*order))]
 
     def list_expert_runs(
-        self, *, task_name: str | None = None, since: datetime | None = None
+        self, *, task_name: str | None = None, since: datetime | None = None, expert_ids: Collection[str] | None = None,
+        command_contains: str | None = None,
     ) -> list[tuple[ExpertRecord, RunRecord]]:
         query = select(ExpertRow, RunRow).join(RunRow, RunRow.id == ExpertRow.run_id)  # one query, not N+1
         if task_name is not None:
             query = query.where(ExpertRow.task_name == task_name)
         if since is not None:
             query = query.where(ExpertRow.created_at >= since)
+        if expert_ids is not None:
+            query = query.where(ExpertRow.id.in_(list(expert_ids)))
+        if command_contains is not None:  # the JSON list's text; the exact argument is checked by the caller
+            query = query.where(cast(RunRow.command, Text).contains(command_contains, autoescape=True))
         query = query.order_by(ExpertRow.created_at, ExpertRow.id)
         with self._transaction() as session:
             return [(_entity(ExpertRecord, e), _run_entity(r)) for e, r in session.execute(query)]
@@ -827,7 +855,7 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
             raise InvalidInputError(f"lineage direction must be one of {', '.join(LINEAGE_DIRECTIONS)}, not {direction!r}")
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or not 1 <= max_depth <= MAX_LINEAGE_DEPTH:
             raise InvalidInputError(f"lineage max_depth must be an integer from 1 to {MAX_LINEAGE_DEPTH:,}, got {max_depth!r}")
-        query = self._lineage_query(expert_id, direction, max_depth)
+        query = self._lineage_query([expert_id], direction, max_depth)
         with self._transaction() as session:
             if session.get(ExpertRow, expert_id) is None:
                 raise NotFoundError(f"no expert has the id {expert_id!r}; run `transferkit list` to see the stored experts")
@@ -842,14 +870,33 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
                 )
         return [LineageEdge(row.parent_id, row.child_id, row.role, row.weight) for row in rows if row.depth <= max_depth]
 
+    def lineage_closure(self, expert_ids: Collection[str], direction: str = "ancestors", max_depth: int = 64) -> list[LineageEdge]:
+        if direction not in LINEAGE_DIRECTIONS:
+            raise InvalidInputError(f"lineage direction must be one of {', '.join(LINEAGE_DIRECTIONS)}, not {direction!r}")
+        if not expert_ids:
+            return []
+        with self._transaction() as session:
+            rows = session.execute(self._lineage_query(list(expert_ids), direction, max_depth)).all()
+        return [LineageEdge(row.parent_id, row.child_id, row.role, row.weight) for row in rows if row.depth <= max_depth]
+
+    def count_children(self, parent_ids: Collection[str], roles: Collection[str]) -> dict[str, int]:
+        edges = LineageEdgeRow
+        query = (
+            select(edges.parent_id, func.count(func.distinct(edges.child_id)))
+            .where(edges.parent_id.in_(list(parent_ids)), edges.role.in_(list(roles)))
+            .group_by(edges.parent_id)
+        )
+        with self._transaction() as session:
+            return {parent: int(count) for parent, count in session.execute(query)}
+
     @staticmethod
-    def _lineage_query(expert_id: str, direction: str, max_depth: int) -> Select:
+    def _lineage_query(expert_ids: list[str], direction: str, max_depth: int) -> Select:
         """One recursive CTE in portable SQL (SQLite, PostgreSQL): each reachable edge with its smallest depth."""
         edges = LineageEdgeRow.__table__
         # The walk stands on `near` and moves to `far`: child -> parent for ancestors, parent -> child for descendants.
         near, far = ("child_id", "parent_id") if direction == "ancestors" else ("parent_id", "child_id")
         columns = (edges.c.parent_id, edges.c.child_id, edges.c.role, edges.c.weight)
-        start = select(*columns, literal_column("1", Integer).label("depth")).where(edges.c[near] == expert_id)
+        start = select(*columns, literal_column("1", Integer).label("depth")).where(edges.c[near].in_(expert_ids))
         walk = start.cte("lineage_walk", recursive=True)
         # UNION (not UNION ALL) merges the paths of a diamond level by level, and the depth bound ends the
         # walk even on a corrupted, cyclic table. It goes one level past max_depth so a loop shows itself.
@@ -919,12 +966,16 @@ class SqlAlchemyStore(SqlCuration, SqlEvaluations, RegistryStore):
         return data
 
 
-def open_registry(url: str | None = None, artifacts: str | Path | None = None) -> SqlAlchemyStore:
+def open_registry(url: str | None = None, artifacts: str | Path | None = None, *, read_only: bool = False) -> SqlAlchemyStore:
     """Open (creating or upgrading as needed) the registry at `url`, defaulting to a per-user SQLite file.
 
     `artifacts` is a folder or any fsspec URL for the blobs; without it (or TRANSFERKIT_ARTIFACTS), a
     SQLite registry keeps them in a folder beside its file, any other in the user data dir.
     A bare `postgresql://` URL uses the psycopg (v3) driver.
+
+    `read_only=True` opens an existing registry without ever writing it: nothing is created or upgraded (a
+    registry whose schema is not the current one is refused), a SQLite file is opened in read-only mode with
+    `query_only` set, and every PostgreSQL transaction is read-only, so a write would fail in the database.
     """
     raw = url or os.environ.get(REGISTRY_ENV) or None
     shown = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", raw) if raw else "the default registry"
@@ -935,8 +986,11 @@ def open_registry(url: str | None = None, artifacts: str | Path | None = None) -
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         db_file = _sqlite_file(parsed)
-        if db_file is not None:
+        if db_file is not None and read_only and not db_file.is_file():
+            raise RegistryError(f"there is no registry at {shown}; pass the URL of an existing registry (nothing is created read-only)")
+        if db_file is not None and not read_only:
             db_file.parent.mkdir(parents=True, exist_ok=True)
+        if db_file is not None:
             parsed = parsed.set(database=str(db_file))
         beside_db = db_file.with_name(f"{db_file.stem}-artifacts") if db_file else None
         location = (
@@ -945,22 +999,40 @@ def open_registry(url: str | None = None, artifacts: str | Path | None = None) -
         )
         checkpoints_beside_db = db_file.with_name(f"{db_file.stem}-checkpoints") if db_file else None
         checkpoint_root = os.environ.get(CHECKPOINT_ROOT_ENV) or checkpoints_beside_db
-        engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _configure_sqlite)
-        upgrade_to_head(engine)
+        if read_only:
+            engine = _read_only_engine(parsed, db_file)
+            require_head(engine, shown)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _configure_sqlite)
+            upgrade_to_head(engine)
     except ImportError as error:
         raise RegistryError(
             f"cannot open the registry {shown} ({_first_line(error)}); install the Python driver for that database "
             "(PostgreSQL: pip install 'transferkit[postgres]') or use a SQLite URL (e.g. sqlite:////abs/path/registry.db)"
         ) from error
     except (SQLAlchemyError, OSError) as error:
+        where = "a readable" if read_only else "a writable"
         raise RegistryError(
             f"cannot open the registry {shown} ({_first_line(error)}); pass a valid SQLAlchemy URL "
-            f"(e.g. sqlite:////abs/path/registry.db) for a writable location via --registry or {REGISTRY_ENV}"
+            f"(e.g. sqlite:////abs/path/registry.db) for {where} location via --registry or {REGISTRY_ENV}"
         ) from error
     checkpoints = Path(checkpoint_root).expanduser().resolve() if checkpoint_root else None
     return SqlAlchemyStore(engine, open_artifact_store(location), checkpoint_root=checkpoints)
+
+
+def _read_only_engine(url: URL, db_file: Path | None) -> Engine:
+    """An engine that cannot write: SQLite opened with mode=ro and query_only, PostgreSQL with read-only transactions."""
+    if url.get_backend_name() == "sqlite":
+        if db_file is not None:  # a file URI, so SQLite itself refuses to write the file
+            url = url.set(database=db_file.as_uri(), query={**url.query, "mode": "ro", "uri": "true"})
+        engine = create_engine(url)
+        event.listen(engine, "connect", _configure_sqlite_reader)
+        return engine
+    if url.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c default_transaction_read_only=on"})
+    raise RegistryError(f"a read-only registry must be SQLite or PostgreSQL, not {url.get_backend_name()}")
 
 
 def _default_checkpoint_root(artifacts: ArtifactStore) -> Path:
@@ -984,6 +1056,16 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         _enable_wal(cursor)
+    finally:
+        cursor.close()
+
+
+def _configure_sqlite_reader(dbapi_connection: Any, _record: Any) -> None:
+    """Refuse every write statement on this connection, and wait for writers of other processes like a writer would."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA query_only = ON")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
     finally:
         cursor.close()
 
@@ -1176,31 +1258,6 @@ def _find_cycle(edges: Sequence[tuple[str, str]]) -> list[str]:
                 path.append(child)
                 stack.append(iter(children.get(child, ())))
     return []
-
-
-def _expert_filters(
-    query: Select,
-    task_name: str | None,
-    method: str | None,
-    backbone_id: str | None,
-    exclude_run_kind: str | None = None,
-    tag: tuple[str, str | None] | None = None,
-) -> Select:
-    for column, value in (
-        (ExpertRow.task_name, task_name),
-        (ExpertRow.method, method),
-        (ExpertRow.backbone_id, backbone_id),
-    ):
-        if value is not None:
-            query = query.where(column == value)
-    if exclude_run_kind is not None:
-        made_by_kind = select(RunRow.id).where(RunRow.id == ExpertRow.run_id, RunRow.kind == exclude_run_kind)
-        query = query.where(~made_by_kind.exists())
-    if tag is not None:
-        key, value = tag
-        tagged = select(ExpertTagRow.expert_id).where(ExpertTagRow.expert_id == ExpertRow.id, ExpertTagRow.key == key)
-        query = query.where((tagged if value is None else tagged.where(ExpertTagRow.value == value)).exists())
-    return query
 
 
 def dev_score(metrics: dict) -> float | None:

@@ -109,20 +109,23 @@ def _fresh_backbone(folder: Path):
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """One line per registry backend, so a CI log shows the registry suite passing on SQLite and on PostgreSQL."""
-    counts: dict[str, dict[str, int]] = {}
+    """One line per suite and registry backend, so a CI log shows the registry and web UI suites passing on SQLite
+    and on PostgreSQL."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
     for outcome in ("passed", "failed", "error", "skipped"):
         for report in terminalreporter.stats.get(outcome, []):
             if getattr(report, "when", "call") != "call" and outcome == "passed":
                 continue
-            first_param = report.nodeid.partition("[")[2].rstrip("]").split("-")[0]  # the `registry_url` fixture's id
+            first_param = report.nodeid.partition("[")[2].rstrip("]").split("-")[0]  # the backend fixture's id
             backend = first_param if first_param in ("sqlite", "postgresql") else None
-            if backend and report.nodeid.startswith("tests/registry/"):
-                counts.setdefault(backend, {}).setdefault(outcome, 0)
-                counts[backend][outcome] += 1
-    for backend, outcomes in sorted(counts.items()):
+            suite = next((name for folder, name in (("tests/registry/", "registry"), ("tests/ui/", "web UI"))
+                          if report.nodeid.startswith(folder)), None)
+            if backend and suite:
+                counts.setdefault((suite, backend), {}).setdefault(outcome, 0)
+                counts[(suite, backend)][outcome] += 1
+    for (suite, backend), outcomes in sorted(counts.items()):
         shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
-        terminalreporter.write_line(f"registry suite on {backend}: {shown}")
+        terminalreporter.write_line(f"{suite} suite on {backend}: {shown}")
 
 
 @pytest.fixture

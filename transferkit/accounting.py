@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -124,8 +125,11 @@ def own_cost(cost: dict, prices: PriceTable) -> dict[str, Any]:
     return {key: None if own[key] is None else float(own[key]) for key in COST_FIELDS}
 
 
-def amortize(own: dict[str, dict], edges: list[LineageEdge]) -> dict[str, dict]:
-    """Amortized cost of every expert in `own` (id -> dict of COST_FIELDS plus `partial`), by the module's rule."""
+def amortize(own: dict[str, dict], edges: list[LineageEdge], uses: dict[str, int] | None = None) -> dict[str, dict]:
+    """Amortized cost of every expert in `own` (id -> dict of COST_FIELDS plus `partial`), by the module's rule.
+
+    n(P) is counted from `edges` unless `uses` gives it (when `edges` are only the ancestors of some experts).
+    """
     users: dict[str, set[str]] = defaultdict(set)
     parents: dict[str, list[str]] = defaultdict(list)
     for edge in edges:
@@ -149,7 +153,7 @@ def amortize(own: dict[str, dict], edges: list[LineageEdge]) -> dict[str, dict]:
             share = visit(parent, path + (expert_id,))
             partial |= set(share["partial"])
             for key in COST_FIELDS:
-                parts[key].append(None if share[key] is None else share[key] / len(users[parent]))
+                parts[key].append(None if share[key] is None else share[key] / (uses or {}).get(parent, len(users[parent])))
         values: dict[str, float | None] = {}
         for key, items in parts.items():
             known = [value for value in items if value is not None]
@@ -200,9 +204,11 @@ class ExpertCost:
         }
 
 
-def _build(pairs: list[tuple[ExpertRecord, RunRecord]], edges: list[LineageEdge], prices: PriceTable) -> dict[str, ExpertCost]:
+def _build(
+    pairs: list[tuple[ExpertRecord, RunRecord]], edges: list[LineageEdge], prices: PriceTable, uses: dict[str, int] | None = None,
+) -> dict[str, ExpertCost]:
     owns = {expert.id: own_cost(run.cost, prices) for expert, run in pairs}
-    amortized = amortize(owns, edges)
+    amortized = amortize(owns, edges, uses)
     costs = {}
     for expert, run in pairs:
         entry = amortized[expert.id]
@@ -236,10 +242,21 @@ def expert_costs(
 
 def expert_cost(registry: RegistryStore, expert_id: str) -> ExpertCost:
     """One expert's cost (exact id)."""
-    costs = _build(registry.list_expert_runs(), registry.list_lineage_edges(), load_prices())
+    costs = expert_costs_for(registry, [expert_id])
     if expert_id not in costs:
         raise RegistryError(f"expert {expert_id} has no run row to take its cost from")
     return costs[expert_id]
+
+
+def expert_costs_for(registry: RegistryStore, expert_ids: Collection[str]) -> dict[str, ExpertCost]:
+    """Costs of these experts (exact ids) from their ancestors alone: the same values as `expert_costs`, without
+    reading the whole registry (n(P) still counts every expert built from P)."""
+    edges = [edge for edge in registry.lineage_closure(expert_ids) if edge.role in AMORTIZING_ROLES]
+    parents = {edge.parent_id for edge in edges}
+    uses = registry.count_children(parents, AMORTIZING_ROLES) if parents else {}
+    pairs = registry.list_expert_runs(expert_ids={*expert_ids, *parents})
+    costs = _build(pairs, edges, load_prices(), uses)
+    return {expert_id: costs[expert_id] for expert_id in expert_ids if expert_id in costs}
 
 
 def deleted_experts_cost(registry: RegistryStore) -> dict[str, Any]:

@@ -3,12 +3,17 @@
 Two per task: its one-sentence description, and its data (the normalised mean of the
 embeddings of a seeded sample of `DATA_SAMPLE_SIZE` training inputs, the texts of a
 pair joined by a space). The embedder is fixed (independent of the training backbone)
-so that task similarities in one registry are always comparable.
+so that task similarities in one registry are always comparable. A data embedding is
+kept in memory for the process, keyed by the sampled texts themselves: a `compare` grid
+embeds its target's data once, not once per cell.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Sequence
 
@@ -40,6 +45,8 @@ def embed_texts(texts: list[str]) -> np.ndarray:
 
 DATA_SAMPLE_SIZE = 256
 _BATCH = 64
+_DATA_CACHE_SIZE = 16
+_data_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # sha256 of the sampled texts -> their unit mean embedding
 
 
 def embed_task_data(examples: Sequence, task_name: str) -> np.ndarray:
@@ -48,6 +55,14 @@ def embed_task_data(examples: Sequence, task_name: str) -> np.ndarray:
     if len(chosen) > DATA_SAMPLE_SIZE:
         chosen = random.Random(f"transferkit:{task_name}:data-embedding").sample(chosen, DATA_SAMPLE_SIZE)
     texts = [" ".join(example.texts) for example in chosen] or [""]
+    key = hashlib.sha256(json.dumps([embedder_id(), texts]).encode()).hexdigest()
+    if key in _data_cache:
+        _data_cache.move_to_end(key)
+        return _data_cache[key].copy()
     vectors = np.concatenate([embed_texts(texts[i : i + _BATCH]) for i in range(0, len(texts), _BATCH)])
     mean = vectors.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+    unit = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    _data_cache[key] = unit
+    if len(_data_cache) > _DATA_CACHE_SIZE:
+        _data_cache.popitem(last=False)
+    return unit.copy()

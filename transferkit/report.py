@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import io
 import os
-import re
 import shutil
 import uuid
 import statistics
@@ -28,10 +27,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from transferkit.accounting import aggregate, expert_costs
-from transferkit.composition.transfer import STRATEGIES
+from transferkit.composition.grids import ARMS, grid_cells
 from transferkit.durable import write_failure
 from transferkit.errors import OutputError
-from transferkit.methods import METHODS
+from transferkit.insights import EMA_ALPHA, cosine_matrix, dev_curve, loss_curve, mean_curve, unit_embeddings
 from transferkit.registry.entities import ExpertRecord, TaskRecord
 
 if TYPE_CHECKING:
@@ -39,11 +38,7 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 500
 DPI = 100
-EMA_ALPHA = 0.1
 COST_TABLE_ROWS = 30
-# A compare cell is one transfer strategy (`compare`) or one source method (`compare --methods`).
-ARMS = (*STRATEGIES, *sorted(METHODS))
-CELL_NAME = re.compile(rf"^(?P<grid>.+)-(?P<target>[^-]+)-(?P<strategy>{'|'.join(ARMS)})-s(?P<seed>\d+)$")
 
 
 @dataclass
@@ -137,8 +132,7 @@ def _primary_test(expert: ExpertRecord) -> float | None:
 
 def similarity_section(tasks: list[TaskRecord], experts: list[ExpertRecord], parent_ids: set[str], files: dict[str, bytes]) -> Section:
     section = Section("similarity", "Task similarity (cosine of description embeddings)")
-    vectors = {t.name: np.asarray(t.embedding, dtype=float) for t in tasks if t.embedding}
-    vectors = {name: v / n for name, v in vectors.items() if (n := np.linalg.norm(v)) > 0}
+    vectors = unit_embeddings(tasks)
     rows = sorted({e.task_name for e in experts if e.extra.get("strategy")} & vectors.keys())
     cols = sorted({e.task_name for e in experts if e.id in parent_ids} & vectors.keys())
     if not rows or not cols:  # no transfers yet: compare every task with every task
@@ -146,7 +140,7 @@ def similarity_section(tasks: list[TaskRecord], experts: list[ExpertRecord], par
     if not rows:
         section.note = "No data: no task has a description embedding."
         return section
-    matrix = np.array([[float(vectors[r] @ vectors[c]) for c in cols] for r in rows])
+    matrix = cosine_matrix(vectors, rows, cols)
     section.data = {"rows": rows, "columns": cols, "cosine": matrix.round(4).tolist()}
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(cols) + 2.5), max(4.0, 0.55 * len(rows) + 2)))
     image = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, matrix.min()), vmax=1.0, aspect="auto")
@@ -206,24 +200,11 @@ def gates_section(experts: list[ExpertRecord], files: dict[str, bytes]) -> Secti
 # --- 3. compare grids ---------------------------------------------------------------------------
 
 
-def grid_cells(registry: RegistryStore, experts: list[ExpertRecord]) -> dict[str, dict[tuple[str, str], list[ExpertRecord]]]:
-    """Grid name -> (target task, strategy or method) -> experts, for experts named and commanded as `compare` makes them."""
-    grids: dict[str, dict[tuple[str, str], list[ExpertRecord]]] = defaultdict(lambda: defaultdict(list))
-    for expert in experts:
-        match = CELL_NAME.match(expert.name)
-        if not match or _short(expert.task_name) != match["target"]:
-            continue
-        command = registry.get_run(expert.run_id).command
-        if "compare" in command and f"--grid={match['grid']}" in command:
-            grids[match["grid"]][(expert.task_name, match["strategy"])].append(expert)
-    return grids
-
-
-def compare_section(registry: RegistryStore, experts: list[ExpertRecord], files: dict[str, bytes]) -> Section:
+def compare_section(registry: RegistryStore, files: dict[str, bytes]) -> Section:
     section = Section("compare", "Compare grids (test primary metric, mean ± std over seeds)")
     section.data = {}
     tables = []
-    for grid_name, cells in sorted(grid_cells(registry, experts).items()):
+    for grid_name, cells in sorted(grid_cells(registry).items()):
         rows = []
         for (target, strategy), group in sorted(cells.items(), key=lambda item: (item[0][0], ARMS.index(item[0][1]))):
             scores = [s for e in group if (s := _primary_test(e)) is not None]
@@ -277,37 +258,6 @@ def _grouped_bars(grid_name: str, rows: list[dict]) -> Any:
 # --- 4. training curves -------------------------------------------------------------------------
 
 
-def _ema(values: list[float]) -> list[float]:
-    smoothed, current = [], values[0]
-    for value in values:
-        current = EMA_ALPHA * value + (1 - EMA_ALPHA) * current
-        smoothed.append(current)
-    return smoothed
-
-
-def _mean_curve(curves: list[list[tuple[float, float]]]) -> tuple[list[float], list[float]]:
-    """Mean over seeds at each step (seeds of one cell share their evaluation steps)."""
-    by_step: dict[float, list[float]] = defaultdict(list)
-    for curve in curves:
-        for step, value in curve:
-            by_step[step].append(value)
-    steps = sorted(by_step)
-    return steps, [statistics.mean(by_step[s]) for s in steps]
-
-
-def _loss_curve(expert: ExpertRecord) -> list[tuple[float, float]]:
-    history = expert.extra.get("loss_history") or []
-    if not history:
-        return []
-    steps, losses = zip(*history)
-    return list(zip(steps, _ema(list(losses))))
-
-
-def _dev_curve(expert: ExpertRecord) -> list[tuple[float, float]]:
-    primary = expert.metrics.get("primary")
-    return [(h["step"], h["dev"][primary]) for h in expert.metrics.get("eval_history", []) if primary in h.get("dev", {})]
-
-
 def curves_section(experts: list[ExpertRecord], files: dict[str, bytes]) -> Section:
     section = Section("curves", f"Training curves (loss EMA α={EMA_ALPHA}; dev primary metric)")
     panels: dict[str, dict[str, list[ExpertRecord]]] = defaultdict(lambda: defaultdict(list))
@@ -318,9 +268,9 @@ def curves_section(experts: list[ExpertRecord], files: dict[str, bytes]) -> Sect
             panels["source experts"][f"{_short(expert.task_name)} {expert.method}"].append(expert)
     names = sorted(p for p in panels if p != "source experts") + (["source experts"] if "source experts" in panels else [])
     section.data = {}
-    for kind, curve_of, ylabel in (("loss", _loss_curve, "train loss (EMA)"), ("dev", _dev_curve, "dev primary metric")):
+    for kind, curve_of, ylabel in (("loss", loss_curve, "train loss (EMA)"), ("dev", dev_curve, "dev primary metric")):
         lines = {
-            panel: {label: _mean_curve(curves) for label, group in panels[panel].items() if (curves := [c for e in group if (c := curve_of(e))])}
+            panel: {label: mean_curve(curves) for label, group in panels[panel].items() if (curves := [c for e in group if (c := curve_of(e))])}
             for panel in names
         }
         lines = {panel: found for panel, found in lines.items() if found}
@@ -429,7 +379,7 @@ def build_report(registry: RegistryStore, out_dir: Path) -> ReportResult:
     sections = [
         similarity_section(tasks, experts, parent_ids, files),
         gates_section(experts, files),
-        compare_section(registry, experts, files),
+        compare_section(registry, files),
         curves_section(experts, files),
         cost_section(registry, files),
     ]

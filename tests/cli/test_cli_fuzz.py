@@ -5,8 +5,10 @@ new commands are covered automatically) with hostile values: huge and negative i
 inf, empty strings, path tricks, unknown options, Unicode and the lone surrogates that undecodable
 command-line bytes become. Commands run in-process through `transferkit.cli.app.main` against an
 empty registry and an empty data folder, so nothing can start a real training; `methods` is left
-out because it builds every method on the packaged backbone (seconds per call). A few cases also
-run through the real console script.
+out because it builds every method on the packaged backbone (seconds per call). Servers (`serve`,
+`ui`) never bind or listen here: `transferkit.webserver.bind` and `serve` are replaced for the
+in-process runs, so a command line that would start one returns at once. A few cases also run
+through the real console script.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def invoke(argv: list[str]) -> tuple[int, str, str]:
     """Run the console-script entry in-process; (exit code, stdout, stderr)."""
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
-    with mock.patch.object(sys, "argv", ["transferkit", *argv]), redirect_stdout(stdout), redirect_stderr(stderr):
+    with (mock.patch.object(sys, "argv", ["transferkit", *argv]), mock.patch("transferkit.webserver.bind"),
+          mock.patch("transferkit.webserver.serve"), redirect_stdout(stdout), redirect_stderr(stderr)):
         try:
             main()
         except SystemExit as exit:
@@ -198,6 +201,11 @@ def test_training_settings_are_refused_or_usable(values):
         (["evaluate", "x", "--task", "rte", "--label-map", "a=b,a=c"], "--label-map must be"),
         (["serve", "x", "--port", "70000"], "--port must be between 1 and 65535"),
         (["serve", "x", "--max-batch", "0"], "--max-batch"),
+        (["ui", "--host", "0.0.0.0"], "needs a token"),
+        (["ui", "--host", "::", "--token", "short"], "at least 16"),
+        (["ui", "--host", "nowhere.example"], "--host must be an IP address"),
+        (["ui", "--port", "0"], "--port must be between 1 and 65535"),
+        (["ui"], "there is no registry"),
         (["tag", "x", "bad key!"], "tag key"),
         (["alias", "set", "has space", "x"], "no expert has the id"),
         (["alias", "rm", "nope"], "no alias 'nope'"),

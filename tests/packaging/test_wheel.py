@@ -38,6 +38,11 @@ def test_wheel_maps_folders_into_one_namespace(wheel):
         "transferkit/methods/lora/model.py",
     ):
         assert required in names
+    # Everything a `transferkit ui` page loads ships inside the package (no CDN): templates, script, style, fonts.
+    ui = Path(REPO / "transferkit" / "ui")
+    shipped = [p.relative_to(REPO).as_posix() for p in (ui / "templates").iterdir()] + [
+        p.relative_to(REPO).as_posix() for p in (ui / "static").rglob("*") if p.is_file()]
+    assert len(shipped) >= 15 and not [f for f in shipped if f not in names]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "transferkit = transferkit.cli.app:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 from transferkit.registry import Deletion, EvaluationRecord, ExpertCuration, ExpertRecord
 
 if TYPE_CHECKING:
+    from transferkit.accounting import ExpertCost
     from transferkit.api.registry import Registry
     from transferkit.inference import ExpertModel, Input, Prediction
+    from transferkit.lineage import LineageGraph
 
 
 class Expert:
@@ -63,6 +65,25 @@ class Expert:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.record.to_dict(), "curation": self.curation.to_dict()}
+
+    def details(self, *, verify: bool = True) -> dict[str, Any]:
+        """Everything `transferkit inspect --json` shows: record, artifact (sha256 checked when `verify`), task, run,
+        own and amortized cost, lineage edges, curation and evaluations."""
+        from transferkit.inspection import expert_details
+
+        return expert_details(self.registry.store, self.record, verify=verify)
+
+    def lineage(self, direction: str = "ancestors", max_depth: int = 64) -> LineageGraph:
+        """What it was made from (`"ancestors"`) or what was made from it (`"descendants"`), with provenance."""
+        from transferkit.lineage import build_lineage
+
+        return build_lineage(self.registry.store, self.record, direction, max_depth)
+
+    def cost(self) -> ExpertCost:
+        """Own and amortized training cost (see `transferkit.accounting`)."""
+        from transferkit.accounting import expert_cost
+
+        return expert_cost(self.registry.store, self.id)
 
     def __repr__(self) -> str:
         primary = self.metrics.get("primary")

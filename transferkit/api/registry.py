@@ -18,11 +18,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transferkit.api.expert import Expert
 from transferkit.errors import DataError
-from transferkit.registry import Deletion, EvaluationRecord, ExpertRecord, RegistryStore, open_registry
+from transferkit.registry import Deletion, EvaluationRecord, ExpertRecord, RegistryStore, RunRecord, open_registry
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from transferkit.accounting import ExpertCost
+    from transferkit.tasks import TaskSpec
 
 DATA_DIR_ENV = "TRANSFERKIT_DATA_DIR"
 
@@ -32,11 +38,15 @@ class Registry:
 
     `url` and `artifacts` default like the CLI's `--registry` / `--artifacts` (and their environment variables);
     `data_dir` is the folder of GLUE/SuperGLUE files used when training or evaluating on catalog tasks
-    (default: `TRANSFERKIT_DATA_DIR`, else the Hugging Face Hub).
+    (default: `TRANSFERKIT_DATA_DIR`, else the Hugging Face Hub). `read_only=True` opens an existing registry
+    at the current schema without ever writing it (what `transferkit ui` browses); training or curating it fails.
     """
 
-    def __init__(self, url: str | None = None, *, artifacts: str | Path | None = None, data_dir: str | Path | None = None) -> None:
-        self.store: RegistryStore = open_registry(url, artifacts)
+    def __init__(
+        self, url: str | None = None, *, artifacts: str | Path | None = None, data_dir: str | Path | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self.store: RegistryStore = open_registry(url, artifacts, read_only=read_only)
         folder = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
         self.data_dir = Path(folder).expanduser() if folder else None
         if self.data_dir is not None and not self.data_dir.is_dir():
@@ -67,18 +77,49 @@ class Registry:
     __getitem__ = get
 
     def experts(
-        self, *, task: str | None = None, method: str | None = None, tag: str | None = None, limit: int = 50, offset: int = 0,
+        self, *, task: str | None = None, method: str | None = None, tag: str | None = None, strategy: str | None = None,
+        text: str | None = None, order: str = "newest", limit: int = 50, offset: int = 0,
     ) -> list[Expert]:
-        """Stored experts, newest first, filtered by task, method and/or tag (`key` or `key=value`)."""
+        """Stored experts, one page: filtered by task, method, tag (`key` or `key=value`), transfer strategy and/or
+        `text` (words found in the id, name, task, method, backbone, note, tags or aliases), newest first or by
+        `order` ("best", or a sort key like "params" / "-cost": see `transferkit.registry.expert_query`)."""
+        filters = self._expert_filters(task, tag)
+        records = self.store.list_experts(method=method, strategy=strategy, text=text, order=order, limit=limit, offset=offset, **filters)
+        return [Expert(self, record) for record in records]
+
+    def count(
+        self, *, task: str | None = None, method: str | None = None, tag: str | None = None, strategy: str | None = None,
+        text: str | None = None,
+    ) -> int:
+        """How many experts `experts()` would page through with the same filters."""
+        return self.store.count_experts(method=method, strategy=strategy, text=text, **self._expert_filters(task, tag))
+
+    def _expert_filters(self, task: str | None, tag: str | None) -> dict[str, Any]:
         from transferkit.registry.curation import parse_tag
 
-        task_name = self._task_name(task) if task is not None else None
         tag_filter = None
         if tag is not None:
             key, value = parse_tag(tag)
             tag_filter = (key, value if "=" in tag else None)
-        records = self.store.list_experts(task_name=task_name, method=method, tag=tag_filter, limit=limit, offset=offset)
-        return [Expert(self, record) for record in records]
+        return {"task_name": self._task_name(task) if task is not None else None, "tag": tag_filter}
+
+    def costs(self, *, task: str | None = None, since: datetime | None = None) -> list[ExpertCost]:
+        """Own and amortized cost of the experts (of one task / created since), oldest first; what `transferkit cost`
+        totals with `transferkit.accounting.aggregate`. Amortization always uses the whole registry."""
+        from transferkit.accounting import expert_costs
+
+        return expert_costs(self.store, task_name=self._task_name(task) if task is not None else None, since=since)
+
+    def runs(self, *, statuses: Sequence[str] | None = None, kind: str | None = None) -> list[RunRecord]:
+        """Runs (training and composition jobs), newest first, e.g. `statuses=["running", "failed"]`."""
+        return self.store.list_runs(kind=kind, statuses=statuses)
+
+    def tasks(self) -> list[TaskSpec]:
+        """The task catalog and this registry's custom tasks."""
+        from transferkit.task_registry import registered_tasks
+        from transferkit.tasks import list_tasks
+
+        return [*list_tasks(), *registered_tasks(self.store)]
 
     def search(self, description: str, *, limit: int = 5, per_task: int = 3) -> list[dict[str, Any]]:
         """The registry's tasks nearest to a description, each with its best experts (by primary dev metric)."""
