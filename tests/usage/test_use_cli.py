@@ -1,4 +1,8 @@
-"""`transferkit predict`, `evaluate` and the curation commands through the real console script."""
+"""`transferkit predict`, `evaluate` and the curation commands through the console script's `main()`.
+
+The commands run in this process (the same code as the installed script without a new interpreter importing
+torch for every call); the stdin case runs the installed script itself in a new process, reading a real pipe.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import subprocess
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import EXECUTABLE, assert_one_line_error, run_cli
+from cli_helpers import EXECUTABLE, assert_one_line_error, run_cli_in_process
 from interop_helpers import copy_registry
 
 PAIRS = [("A man is sleeping.", "A person sleeps."), ("It rained all day.", "The ground is dry."), ("Cats purr.", "Cats make sounds.")]
@@ -18,13 +22,14 @@ PAIRS = [("A man is sleeping.", "A person sleeps."), ("It rained all day.", "The
 
 @pytest.fixture
 def cli(tiny_experts, shared_data, tmp_path):
-    """Run the console script against a copy of the tiny registry."""
+    """Run a command against a copy of the tiny registry: in this process, or with `console_script=True` as the
+    installed script in a new process."""
     url = copy_registry(tiny_experts[0], tmp_path / "registry")
 
-    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    def run(*args: str, stdin: str | None = None, console_script: bool = False) -> subprocess.CompletedProcess:
         env = {"TRANSFERKIT_REGISTRY": url, "TRANSFERKIT_DATA_DIR": str(shared_data)}
-        if stdin is None:
-            return run_cli(*args, cwd=tmp_path, env_extra=env)
+        if not console_script:
+            return run_cli_in_process(*args, cwd=tmp_path, env_extra=env, stdin=stdin)
         return subprocess.run([EXECUTABLE, *args], cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
                               input=stdin, capture_output=True, text=True, timeout=600)
 
@@ -38,7 +43,8 @@ def _labels(result: subprocess.CompletedProcess) -> list[str]:
 
 def test_predict_reads_arguments_stdin_and_every_file_format_alike(cli, tmp_path):
     from_args = [_labels(cli("predict", "tiny-rte", a, b, "--jsonl"))[0] for a, b in PAIRS]
-    assert _labels(cli("predict", "tiny-rte", "--jsonl", "-q", stdin="".join(f"{a}\t{b}\n" for a, b in PAIRS))) == from_args
+    piped = "".join(f"{a}\t{b}\n" for a, b in PAIRS)
+    assert _labels(cli("predict", "tiny-rte", "--jsonl", "-q", stdin=piped, console_script=True)) == from_args
     with (tmp_path / "in.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([("premise", "hypothesis"), *PAIRS])
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"sentence1": a, "sentence2": b}) + "\n" for a, b in PAIRS))
