@@ -204,7 +204,9 @@ def transfer_command(
     ] = None,
     task_file: TaskFileOption = None,
     strategy: Annotated[
-        str, typer.Option(help="pemt (learned sparse gate), average, spot, scratch or attempt (per-example prompt attention).")
+        str, typer.Option(help="pemt (learned sparse gate), average, spot, scratch, attempt (per-example prompt attention), "
+                               "merge (linear/ties/dare merge, -O combine=...), lorahub (gradient-free merge weights) or "
+                               "arrow (per-token routing by the sources' singular vectors).")
     ] = "pemt",
     sources: Annotated[
         Optional[str], typer.Option(help="Comma-separated source expert ids or names (default: chosen from the registry).")
@@ -221,10 +223,14 @@ def transfer_command(
     ] = "states",
     zero_expert: ZeroExpertOption = None,
     head_init: HeadInitOption = "auto",
+    gate_init: Annotated[
+        str, typer.Option(help="How pemt's gate starts: uniform, or arrow (Arrow's routing of the task state by the LoRA "
+                               "sources' top singular vectors).")
+    ] = "uniform",
     method: Annotated[
         Optional[str],
         typer.Option(help="The target's own trainable expert for pemt, average and scratch (default adapter); "
-                          "for spot, the method of the source to pick."),
+                          "for spot, the method of the source to pick. merge, lorahub and arrow take -O target=... instead."),
     ] = None,
     method_option: MethodOptions = None,
     model: ModelOption = None,
@@ -263,7 +269,7 @@ def transfer_command(
     job = TransferJob(
         target=target, strategy=strategy, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
         top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight, gate_input=gate_input,
-        zero_expert=zero_expert, head_init=head_init, method=method,
+        zero_expert=zero_expert, head_init=head_init, gate_init=gate_init, method=method,
         method_options=method_option or [], model=model, data_dir=options.data_dir, task_file=task_file, name=name, lr=lr,
         training=training,
         max_train_examples=max_train_examples, task_prompt_length=task_prompt_length, show_progress=not quiet,
@@ -296,7 +302,8 @@ def compare_command(
     ctx: typer.Context,
     targets: Annotated[str, typer.Option(help="Comma-separated target tasks.")] = "rte,cb,mrpc,stsb,cola",
     strategies: Annotated[
-        Optional[str], typer.Option(help="Comma-separated strategies (default scratch,spot,average,pemt).", show_default=False)
+        Optional[str], typer.Option(help="Comma-separated strategies (default scratch,spot,average,pemt; also attempt, merge, "
+                                         "lorahub, arrow).", show_default=False)
     ] = None,
     methods: Annotated[
         Optional[str],
@@ -360,11 +367,12 @@ def compare_command(
         title=f"transfer grid {grid}: test metric x 100, mean over seeds [95% interval over seeds and test examples]; "
               "vs scratch: paired difference [95% interval] wins/losses (an interval containing 0 is a tie)"
     )
-    for column in ("target", "metric", "strategy", "score", "vs scratch", "seeds", "wall s (max)", "top gates"):
+    for column in ("target", "metric", "strategy", "score", "vs scratch", "seeds", "wall s (max)", "TFLOPs", "top gates"):
         table.add_column(column)
     for row in rows:
+        flops = "-" if row["train_flops"] is None else f"{row['train_flops'] / 1e12:.2f}"
         table.add_row(row["target"], row["metric"], row["strategy"], _score_cell(row), _versus_cell(row["versus_scratch"]),
-                      str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", _gates_cell(row))
+                      str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", flops, _gates_cell(row))
     out.print(table)
 
 
