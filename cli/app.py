@@ -531,9 +531,18 @@ def _render_inspect(details: dict) -> None:
         )))
     elif head_init and head_init.get("mode") == "auto":
         rows.append(("head init", f"from zero: {head_init.get('reason')}"))
+    merge = extra.get("merge")
+    if merge:  # merge and lorahub: the recipe, and how faithful the merged expert is to it
+        rows.append(("merge recipe", json.dumps(merge["recipe"])))
+        faithful = merge["faithfulness"]
+        rows.append(("merge faithfulness", "exact" if faithful.get("exact")
+                     else f"refactored by SVD, largest relative error {faithful['max_relative_error']:.4f}"))
+    if extra.get("gate_init"):
+        rows.append(("gate init", json.dumps({layer: v["shares"] for layer, v in extra["gate_init"]["layers"].items()})))
     gates = e["extra"].get("gate_weights")
     if gates:
-        rows.append(("gate (mean per source)", json.dumps(gates["mean"])))
+        label = {"merge": "merge weight per source", "lorahub": "merge weight per source", "arrow": "mean routed share per source"}
+        rows.append((label.get(extra.get("strategy"), "gate (mean per source)"), json.dumps(gates["mean"])))
         if "target" in gates:  # ATTEMPT: the target prompt's own share of the attention
             rows.append(("attention on the target prompt", f"{gates['target']:.3f}"))
         if "zero_expert" in gates:

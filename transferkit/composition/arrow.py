@@ -34,6 +34,7 @@ from torch import nn
 from transferkit.backbone import Backbone
 from transferkit.composition.mixture import SourceMixture, layer_of
 from transferkit.composition.plugins import (
+    HookedComposition,
     Lineage,
     Preparation,
     Prepared,
@@ -48,7 +49,7 @@ from transferkit.errors import InvalidInputError
 from transferkit.methods import MethodConfig
 from transferkit.methods.base import option
 from transferkit.methods.lora.stack import LoraStack
-from transferkit.modeling import Composition, TaskModel
+from transferkit.modeling import TaskModel
 from transferkit.registry import ExpertReader, ExpertRecord
 from transferkit.task_prompt import TaskPrompt
 from transferkit.tasks import Example
@@ -88,7 +89,7 @@ class ArrowConfig(TargetOptions):
             raise InvalidInputError(f"-O temperature must be a positive number, got {self.temperature}")
 
 
-class ArrowRouter(Composition):
+class ArrowRouter(HookedComposition):
     """Frozen LoRA sources routed per token by |<prototype, input>|, top-k, softmax; nothing trainable."""
 
     def __init__(self, stack: LoraStack, num_sources: int, top_k: int, temperature: float) -> None:
@@ -99,7 +100,6 @@ class ArrowRouter(Composition):
         self.module_names = list(stack.module_names)
         for slot, name in enumerate(self.module_names):
             self.register_buffer(f"p{slot}", top_right_singular_vectors(*stack.factors(name)))
-        self._handles: list = []
         self._mask: torch.Tensor | None = None
         self._sums: dict[str, torch.Tensor] | None = None
         self._tokens: dict[str, float] = {}
@@ -135,14 +135,6 @@ class ArrowRouter(Composition):
             return output + change.to(output.dtype)
 
         return hook
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        return None
 
     def start_recording(self) -> None:
         self._sums, self._tokens = {}, {}

@@ -35,11 +35,20 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from transferkit.backbone import Backbone
 from transferkit.composition.merge_strategy import MERGE_METHOD, MERGEABLE, Recipe, prepare_merged, rebuild
-from transferkit.composition.plugins import NoExpert, NoExpertConfig, Preparation, Prepared, Strategy, StrategyContext, TargetOptions
+from transferkit.composition.plugins import (
+    HookedComposition,
+    NoExpert,
+    NoExpertConfig,
+    Preparation,
+    Prepared,
+    Strategy,
+    StrategyContext,
+    TargetOptions,
+)
 from transferkit.errors import InvalidInputError
 from transferkit.methods import ExpertStack, MethodConfig, get_method
 from transferkit.methods.base import option
-from transferkit.modeling import Composition, TaskModel
+from transferkit.modeling import TaskModel
 from transferkit.tasks import Example
 from transferkit.training.data import TokenizedSplit, collate, sequential_batches, tokenize_examples
 
@@ -69,14 +78,13 @@ class LorahubConfig(TargetOptions):
             raise InvalidInputError(f"-O bound must be a positive number, got {self.bound}")
 
 
-class WeightedSources(Composition):
+class WeightedSources(HookedComposition):
     """The sources' changes with fixed scalar weights, y = base + Σ_j w_j δ_j (for evaluating candidate weights)."""
 
     def __init__(self, stack: ExpertStack, num_sources: int) -> None:
         super().__init__()
         self.stack = stack
         self.register_buffer("weights", torch.zeros(num_sources), persistent=False)
-        self._handles: list = []
 
     def attach(self, backbone: Backbone, prompt_length: int) -> None:
         self.detach()
@@ -90,14 +98,6 @@ class WeightedSources(Composition):
             return output + deltas.mix(self.weights.expand(output.shape[0], -1)).to(output.dtype)
 
         return hook
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        return None
 
     def export_tensors(self) -> dict[str, torch.Tensor]:
         return {}

@@ -22,7 +22,7 @@ from transferkit.composition.selection import RankedSource
 from transferkit.errors import InvalidInputError
 from transferkit.methods import ExpertModule, MethodConfig, get_method
 from transferkit.methods.base import option
-from transferkit.modeling import TaskModel
+from transferkit.modeling import Composition, TaskModel
 from transferkit.registry import ExpertReader, ExpertRecord, RegistryStore
 from transferkit.task_prompt import TaskPrompt
 from transferkit.tasks import TaskSpec, TaskSplits
@@ -80,6 +80,22 @@ def rebuild_target(method: str, config: dict, backbone: Backbone) -> ExpertModul
         raise InvalidInputError(f"target method {method!r} is not one of {', '.join(TARGETS)}")
     found = get_method(method)
     return found.build(found.config_class.from_dict(config), backbone)
+
+
+class HookedComposition(Composition):
+    """A composition that only hooks the backbone's modules: no loss term of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        return None
 
 
 @dataclass
