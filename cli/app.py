@@ -206,7 +206,9 @@ def transfer_command(
     ] = None,
     task_file: TaskFileOption = None,
     strategy: Annotated[
-        str, typer.Option(help="pemt (learned sparse gate), average, spot, scratch or attempt (per-example prompt attention).")
+        str, typer.Option(help="pemt (learned sparse gate), average, spot, scratch, attempt (per-example prompt attention), "
+                               "merge (linear/ties/dare merge, -O combine=...), lorahub (gradient-free merge weights) or "
+                               "arrow (per-token routing by the sources' singular vectors).")
     ] = "pemt",
     sources: Annotated[
         Optional[str], typer.Option(help="Comma-separated source expert ids or names (default: chosen from the registry).")
@@ -223,10 +225,14 @@ def transfer_command(
     ] = "states",
     zero_expert: ZeroExpertOption = None,
     head_init: HeadInitOption = "auto",
+    gate_init: Annotated[
+        str, typer.Option(help="How pemt's gate starts: uniform, or arrow (Arrow's routing of the task state by the LoRA "
+                               "sources' top singular vectors).")
+    ] = "uniform",
     method: Annotated[
         Optional[str],
         typer.Option(help="The target's own trainable expert for pemt, average and scratch (default adapter); "
-                          "for spot, the method of the source to pick."),
+                          "for spot, the method of the source to pick. merge, lorahub and arrow take -O target=... instead."),
     ] = None,
     method_option: MethodOptions = None,
     model: ModelOption = None,
@@ -265,7 +271,7 @@ def transfer_command(
     job = TransferJob(
         target=target, strategy=strategy, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
         top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight, gate_input=gate_input,
-        zero_expert=zero_expert, head_init=head_init, method=method,
+        zero_expert=zero_expert, head_init=head_init, gate_init=gate_init, method=method,
         method_options=method_option or [], model=model, data_dir=options.data_dir, task_file=task_file, name=name, lr=lr,
         training=training,
         max_train_examples=max_train_examples, task_prompt_length=task_prompt_length, show_progress=not quiet,
@@ -300,7 +306,8 @@ def compare_command(
     ctx: typer.Context,
     targets: Annotated[str, typer.Option(help="Comma-separated target tasks.")] = "rte,cb,mrpc,stsb,cola",
     strategies: Annotated[
-        Optional[str], typer.Option(help="Comma-separated strategies (default scratch,spot,average,pemt).", show_default=False)
+        Optional[str], typer.Option(help="Comma-separated strategies (default scratch,spot,average,pemt; also attempt, merge, "
+                                         "lorahub, arrow).", show_default=False)
     ] = None,
     methods: Annotated[
         Optional[str],
@@ -364,11 +371,12 @@ def compare_command(
         title=f"transfer grid {grid}: test metric x 100, mean over seeds [95% interval over seeds and test examples]; "
               "vs scratch: paired difference [95% interval] wins/losses (an interval containing 0 is a tie)"
     )
-    for column in ("target", "metric", "strategy", "score", "vs scratch", "seeds", "wall s (max)", "top gates"):
+    for column in ("target", "metric", "strategy", "score", "vs scratch", "seeds", "wall s (max)", "TFLOPs", "top gates"):
         table.add_column(column)
     for row in rows:
+        flops = "-" if row["train_flops"] is None else f"{row['train_flops'] / 1e12:.2f}"
         table.add_row(row["target"], row["metric"], row["strategy"], _score_cell(row), _versus_cell(row["versus_scratch"]),
-                      str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", _gates_cell(row))
+                      str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", flops, _gates_cell(row))
     out.print(table)
 
 
@@ -500,9 +508,18 @@ def _render_inspect(details: dict) -> None:
         )))
     elif head_init and head_init.get("mode") == "auto":
         rows.append(("head init", f"from zero: {head_init.get('reason')}"))
+    merge = extra.get("merge")
+    if merge:  # merge and lorahub: the recipe, and how faithful the merged expert is to it
+        rows.append(("merge recipe", json.dumps(merge["recipe"])))
+        faithful = merge["faithfulness"]
+        rows.append(("merge faithfulness", "exact" if faithful.get("exact")
+                     else f"refactored by SVD, largest relative error {faithful['max_relative_error']:.4f}"))
+    if extra.get("gate_init"):
+        rows.append(("gate init", json.dumps({layer: v["shares"] for layer, v in extra["gate_init"]["layers"].items()})))
     gates = e["extra"].get("gate_weights")
     if gates:
-        rows.append(("gate (mean per source)", json.dumps(gates["mean"])))
+        label = {"merge": "merge weight per source", "lorahub": "merge weight per source", "arrow": "mean routed share per source"}
+        rows.append((label.get(extra.get("strategy"), "gate (mean per source)"), json.dumps(gates["mean"])))
         if "target" in gates:  # ATTEMPT: the target prompt's own share of the attention
             rows.append(("attention on the target prompt", f"{gates['target']:.3f}"))
         if "zero_expert" in gates:

@@ -4,7 +4,7 @@ Own cost is what the run that made an expert recorded (see `transferkit.training
 
 Amortization rule (recomputed on every read)::
 
-    amortized(X) = own(X) + sum over parents P of X (roles "source" and "init")
+    amortized(X) = own(X) + sum over parents P of X (roles "source", "init" and "merge-source")
                               of amortized(P) / n(P)
 
 where n(P) is the number of distinct experts that have P as a parent in one of
@@ -49,11 +49,11 @@ if TYPE_CHECKING:
     from transferkit.registry.store import RegistryStore
 
 COST_FIELDS = ("wall_seconds", "device_seconds", "gpu_hours", "energy_joules", "train_flops", "money")
-AMORTIZING_ROLES = ("source", "init")
+AMORTIZING_ROLES = ("source", "init", "merge-source")
 GROUPINGS = ("task", "method", "device", "day")
 RULE = (
-    "amortized(X) = own(X) + sum over parents P of X (roles source, init) of amortized(P) / n(P); "
-    "n(P) = distinct experts having P as a source or init parent, whole registry, at read time"
+    "amortized(X) = own(X) + sum over parents P of X (roles source, init, merge-source) of amortized(P) / n(P); "
+    "n(P) = distinct experts having P as a parent in one of those roles, whole registry, at read time"
 )
 
 

@@ -210,11 +210,14 @@ def compare_section(registry: RegistryStore, files: dict[str, bytes]) -> Section
             scores = [s for e in group if (s := _primary_test(e)) is not None]
             if not scores:
                 continue
-            walls = [registry.get_run(e.run_id).cost.get("wall_seconds") or 0.0 for e in group]
+            costs = [registry.get_run(e.run_id).cost for e in group]
+            walls = [c.get("wall_seconds") or 0.0 for c in costs]
+            flops = [c.get("train_flops") for c in costs]
             rows.append({
                 "target": target, "strategy": strategy, "metric": group[0].metrics["primary"], "seeds": len(scores),
                 "mean": statistics.mean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                 "wall_seconds": statistics.mean(walls),
+                "train_flops": statistics.mean(flops) if all(isinstance(f, (int, float)) for f in flops) else None,
             })
         if not rows:
             continue
@@ -223,12 +226,13 @@ def compare_section(registry: RegistryStore, files: dict[str, bytes]) -> Section
         body = "".join(
             f"<tr><td>{html.escape(r['target'])}</td><td>{html.escape(r['metric'])}</td><td>{html.escape(r['strategy'])}</td>"
             f"<td class=num>{100 * r['mean']:.1f} ± {100 * r['std']:.1f}</td><td class=num>{r['seeds']}</td>"
-            f"<td class=num>{r['wall_seconds']:.1f}</td></tr>"
+            f"<td class=num>{r['wall_seconds']:.1f}</td>"
+            f"<td class=num>{'-' if r['train_flops'] is None else format(r['train_flops'] / 1e12, '.3f')}</td></tr>"
             for r in rows
         )
         tables.append(
             f"<h3>grid {html.escape(grid_name)}</h3><table><tr><th>target</th><th>metric</th><th>strategy / method</th>"
-            f"<th>score ×100</th><th>seeds</th><th>mean wall s</th></tr>{body}</table>"
+            f"<th>score ×100</th><th>seeds</th><th>mean wall s</th><th>mean TFLOPs</th></tr>{body}</table>"
         )
     section.table_html = "".join(tables)
     if not section.figures:

@@ -31,7 +31,7 @@ JOB_FIELDS = {
     "transfer": ("target", "strategy", "sources", "top_k", "route_top_k", "sparsity_weight", "method", *_COMMON_FIELDS),
 }
 # Fields added to the job record later, with the value that reproduces runs recorded before them.
-JOB_FIELD_DEFAULTS = {"transfer": {"gate_input": "states", "zero_expert": False, "head_init": "none"}}
+JOB_FIELD_DEFAULTS = {"transfer": {"gate_input": "states", "zero_expert": False, "head_init": "none", "gate_init": "uniform"}}
 
 
 @dataclass

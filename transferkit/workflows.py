@@ -146,6 +146,7 @@ def run_training(
     name_is_base: bool = False,
     resume: bool = False,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    preparation: dict | None = None,
 ) -> tuple[ExpertRecord, TrainResult]:
     """Run the loop inside a registry run and store the resulting expert (shared by train-source and transfer).
 
@@ -153,6 +154,7 @@ def run_training(
     Under `torchrun` / `accelerate launch` every process trains its share, and only the main process writes
     the registry (task, run, expert, artifact); the others return the record it stored.
     `name_is_base`: `name` is transferkit's default, made unique when the expert is stored.
+    `preparation`: the measured cost of work done before training (a strategy's weight search or merge), added to the run's.
     """
     state = process_state()
     try:  # whatever fails, the backbone is left as it was: it may be shared with later jobs in this process
@@ -190,7 +192,7 @@ def run_training(
                     expert = _store_expert(
                         registry, run, model, result, name=name, name_is_base=name_is_base, task=task, splits=splits,
                         test_split=test_split, backbone=backbone, method_name=method_name, method_config=method_config,
-                        lineage=[*lineage, *(extra_lineage or [])], extra=extra,
+                        lineage=[*lineage, *(extra_lineage or [])], extra=extra, preparation=preparation,
                     )
                 if state.num_processes > 1:  # the others wait for the main process's expert and read it back
                     [expert_id] = broadcast_object_list([expert.id if expert is not None else None], from_process=0)
@@ -229,7 +231,7 @@ def _interruption(error: BaseException, checkpointer: Checkpointer, command: lis
 def _store_expert(
     registry: RegistryStore, run: RunRecord, model: TaskModel, result: TrainResult, *, name: str, name_is_base: bool,
     task: TaskSpec, splits: TaskSplits, test_split, backbone: Backbone, method_name: str, method_config: dict,
-    lineage: list[tuple[str, str, float | None]], extra: dict,
+    lineage: list[tuple[str, str, float | None]], extra: dict, preparation: dict | None = None,
 ) -> ExpertRecord:
     """Store the trained expert with its metrics, lineage and cost; this closes its run as finished."""
     tensors = model.export_tensors()
@@ -259,8 +261,20 @@ def _store_expert(
             "task_prompt_length": model.task_prompt.length if model.task_prompt is not None else 0,
             **extra,
         },
-        cost={**result.cost, "best_step": result.best_step},
+        cost=with_preparation({**result.cost, "best_step": result.best_step}, preparation),
     )
+
+
+def with_preparation(cost: dict, preparation: dict | None) -> dict:
+    """The run's cost including work done before training: its wall and device seconds and FLOPs are added to the
+    run's, and the preparation itself is kept under `preparation` (so training alone stays readable)."""
+    if not preparation:
+        return cost
+    total = {**cost, "preparation": preparation}
+    for key, added in (("wall_seconds", "wall_seconds"), ("device_seconds", "device_seconds"), ("train_flops", "flops")):
+        if isinstance(cost.get(key), (int, float)) and isinstance(preparation.get(added), (int, float)):
+            total[key] = round(cost[key] + preparation[added], 3) if key != "train_flops" else float(cost[key] + preparation[added])
+    return total
 
 
 def _close_run(registry: RegistryStore, run: RunRecord | None, status: str, error: BaseException, reason: str) -> None:
@@ -426,6 +440,7 @@ def load_method_expert(registry: ExpertReader, expert: ExpertRecord, backbone: B
 def load_expert_model(registry: ExpertReader, expert: ExpertRecord, backbone: Backbone) -> TaskModel:
     """Rebuild a stored expert on `backbone` (verifies artifact digests and backbone bindings, sources included)."""
     from transferkit.composition.merge import MERGED_METHOD, build_merged
+    from transferkit.composition.strategies import STORED
     from transferkit.composition.transfer import COMPOSED_METHODS, build_stored_composition
 
     tensors = read_expert(registry, expert, backbone)
@@ -441,6 +456,8 @@ def load_expert_model(registry: ExpertReader, expert: ExpertRecord, backbone: Ba
         model = build_stored_composition(registry, expert, backbone, num_outputs, prompt)
     elif expert.method == MERGED_METHOD:
         model = build_merged(expert.config, backbone, num_outputs, prompt)
+    elif expert.method in STORED:
+        model = STORED[expert.method].rebuild(registry, expert, backbone, num_outputs, prompt)
     else:
         method = get_method(expert.method)
         config = method.config_class.from_dict(expert.config)

@@ -219,7 +219,8 @@ def collect_methods(registry: RegistryStore, grid: MethodGrid) -> list[dict]:
 
 def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
     """One row per (target, strategy): the primary test metric's mean over seeds with its 95% interval (seeds and
-    test examples resampled), the paired difference to `scratch` where the grid has it, wall time and top gates."""
+    test examples resampled), the paired difference to `scratch` where the grid has it, cost (wall time and FLOPs,
+    a strategy's preparation included) and top gates (merge and lorahub: their weights; arrow: mean routed shares)."""
     grid.validate(registry)
     rows = []
     for target in grid.targets:
@@ -230,7 +231,9 @@ def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
             if cells is None:
                 continue
             experts, primary, scores = cells
-            walls = [registry.get_run(e.run_id).cost.get("wall_seconds") or 0.0 for e in experts]
+            costs = [registry.get_run(e.run_id).cost for e in experts]
+            walls = [c.get("wall_seconds") or 0.0 for c in costs]
+            flops = [c.get("train_flops") for c in costs]
             gates: dict[str, list[float]] = {}
             for expert in experts:
                 for source, weight in expert.extra.get("gate_weights", {}).get("mean", {}).items():
@@ -255,6 +258,9 @@ def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
                     "scores": scores,
                     "wall_seconds": statistics.mean(walls),
                     "max_wall_seconds": max(walls),
+                    # Training FLOPs plus any preparation's (a merge, a weight search); None if a cell lacks the count.
+                    "train_flops": statistics.mean(flops) if all(isinstance(f, (int, float)) for f in flops) else None,
+                    "preparation_seconds": statistics.mean((c.get("preparation") or {}).get("wall_seconds") or 0.0 for c in costs),
                     "steps": [e.extra.get("steps") for e in experts],
                     "top_gates": [{"source": s, "weight": round(w, 4)} for w, s in top],
                     "zero_expert_gate": round(statistics.mean(zero), 4) if zero else None,

@@ -12,6 +12,8 @@ Strategies (same data, budget, head and task prompt, so the registry can compare
 - `attempt`: ATTEMPT's per-example attention over frozen source *prompts* plus a new
   target prompt (`transferkit.composition.attempt`). Lineage: each source, weight =
   its mean attention on the dev set.
+- `merge`, `lorahub`, `arrow`: the peers' training-free merges, gradient-free mixing weights and
+  label-free routing, each a module of its own registered in `transferkit.composition.strategies`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from dataclasses import dataclass, field
 import torch
 
 from transferkit.backbone import Backbone, load_backbone
+from transferkit.composition.arrow import initialise_gate
 from transferkit.composition.attempt import ATTEMPT_METHOD, AttemptConfig, AttemptExpert
 from transferkit.composition.heads import map_labels, mapped_head, mix_heads
 from transferkit.composition.mixture import SourceMixture, gate_entropy
+from transferkit.composition.plugins import StrategyContext
 from transferkit.composition.selection import RankedSource, TaskQuery, composable_methods, select_sources, target_embedding
+from transferkit.composition.strategies import PLUGGED
 from transferkit.embedding import embed_task_data
 from transferkit.errors import InvalidInputError, TransferkitError
 from transferkit.methods import METHODS, ExpertModule, get_method
@@ -38,8 +43,9 @@ from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
 from transferkit.workflows import JobOptions, SourceParts, job_expert_name, load_method_expert, load_source_parts, run_training
 
-STRATEGIES = ("pemt", "average", "spot", "scratch", "attempt")
+STRATEGIES = ("pemt", "average", "spot", "scratch", "attempt", *PLUGGED)
 HEAD_INITS = ("auto", "none")
+GATE_INITS = ("uniform", "arrow")
 DEFAULT_ZERO_EXPERT = True
 ZERO_EXPERT_PRIOR = 0.5  # the zero expert's share before the gate learns (chosen on RTE and CoLA dev; see mixture.py)
 MIXTURE_METHOD = "mixture"
@@ -69,6 +75,8 @@ class TransferJob(JobOptions):
     zero_expert: bool | None = None  # None: the strategy's default (pemt: DEFAULT_ZERO_EXPERT)
     # "auto": start the target's head from the sources' heads where their labels match (transferkit.composition.heads).
     head_init: str = "auto"
+    # pemt's gate starts uniform, or at Arrow's routing of the task state (transferkit.composition.arrow.initialise_gate).
+    gate_init: str = "uniform"
     # The target's own expert for pemt/average/scratch (default: adapter); for spot it restricts the sources
     # to that method; attempt trains its own target prompt and takes none.
     method: str | None = None
@@ -97,12 +105,18 @@ def _validate(job: TransferJob) -> None:
         raise InvalidInputError(
             "attempt trains its own target prompt; drop --method (tune it with -O attention_hidden=N or -O temperature=T)"
         )
+    if job.strategy in PLUGGED and job.method is not None:
+        raise InvalidInputError(f"{job.strategy} takes its target expert from -O target=adapter|lora|none; drop --method")
     if job.gate_input != "states" and job.strategy != "pemt":
         raise InvalidInputError("--gate-input applies to pemt's learned gate only; drop it for other strategies")
     if job.strategy == "spot" and job.method_options:
         raise InvalidInputError("spot continues training the source expert as configured; drop -O")
     if job.head_init not in HEAD_INITS:
         raise InvalidInputError(f"--head-init must be one of {', '.join(HEAD_INITS)}, got {job.head_init!r}")
+    if job.gate_init not in GATE_INITS:
+        raise InvalidInputError(f"--gate-init must be one of {', '.join(GATE_INITS)}, got {job.gate_init!r}")
+    if job.gate_init != "uniform" and (job.strategy != "pemt" or job.gate_input != "states"):
+        raise InvalidInputError("--gate-init arrow starts pemt's learned gate (with --gate-input states); drop it for other strategies")
     if job.zero_expert and job.strategy != "pemt":
         raise InvalidInputError("--zero-expert applies to pemt's learned gate only; pass --no-zero-expert for other strategies")
 
@@ -111,6 +125,8 @@ def _source_methods(job: TransferJob) -> frozenset[str]:
     """Which stored experts the strategy can take as sources."""
     if job.strategy == "attempt":
         return frozenset({"prompt"})
+    if job.strategy in PLUGGED:
+        return PLUGGED[job.strategy].source_methods
     if job.strategy == "spot" and job.sources:
         return frozenset(METHODS)  # any single stored expert can be the starting point
     if job.strategy == "spot" and job.method is not None:
@@ -153,7 +169,8 @@ _CONFIG_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     ATTEMPT_METHOD: {"strategy": (str,), "sources": (list,), "target_config": (dict,)},
 }
 _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    MIXTURE_METHOD: {"gate_input": (str,), "zero_expert": (bool,), "zero_expert_prior": (float,)}, ATTEMPT_METHOD: {}
+    MIXTURE_METHOD: {"gate_input": (str,), "zero_expert": (bool,), "zero_expert_prior": (float,), "gate_init": (str,)},
+    ATTEMPT_METHOD: {},
 }
 _STRATEGIES_OF = {MIXTURE_METHOD: ("pemt", "average"), ATTEMPT_METHOD: ("attempt",)}
 
@@ -218,6 +235,8 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     task = job_task(registry, job.target, job.task_file, job.data_dir)
     target_method = get_method(job.method or DEFAULT_TARGET_METHOD)
     config_class = AttemptConfig if job.strategy == "attempt" else target_method.config_class
+    if job.strategy in PLUGGED:
+        config_class = PLUGGED[job.strategy].config_class
     target_config = config_class.from_options(job.method_options)
     training = job.training
     training.validate()
@@ -243,7 +262,16 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     loaded = [load_source_parts(registry, r.expert, backbone) for r in ranking]
     source_ids = [r.expert.id for r in ranking]
     zero_expert = job.strategy == "pemt" and (DEFAULT_ZERO_EXPERT if job.zero_expert is None else job.zero_expert)
-    if job.strategy == "spot":
+    preparation = plugged_finalize = None
+    if job.strategy in PLUGGED:
+        context = StrategyContext(
+            registry, task, splits, backbone, ranking, loaded, job.sources, training=training, lr=job.lr,
+            prompt=_target_prompt(task, backbone, job.task_prompt_length, [p.prompt for p in loaded if p.prompt is not None]),
+        )
+        prepared = PLUGGED[job.strategy].prepare(context, target_config)
+        model, method_name, method_config, lr = prepared.model, prepared.method_name, prepared.method_config, prepared.lr
+        preparation, plugged_finalize = prepared.preparation, prepared.finalize
+    elif job.strategy == "spot":
         source = ranking[0].expert
         expert_module = loaded[0].module
         for parameter in expert_module.parameters():
@@ -285,12 +313,16 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
                 "gate_input": job.gate_input,
                 "zero_expert": zero_expert,
                 **({"zero_expert_prior": ZERO_EXPERT_PRIOR} if zero_expert else {}),
+                **({"gate_init": job.gate_init} if job.gate_init != "uniform" else {}),
                 "sparsity_weight": job.sparsity_weight,
                 "target_method": target_method.name,
                 "target_config": target_config.to_dict(),
             }
     training.lr = lr
     head_init = initialise_head(model, task, ranking, loaded) if job.head_init == "auto" else {"mode": "none"}
+    gate_init = (
+        initialise_gate(model, splits.train, training.max_length, task.is_regression) if job.gate_init == "arrow" else None
+    )
     hyperparams = {
         "task": task.name,
         "strategy": job.strategy,
@@ -307,12 +339,17 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         "job": job.record(
             target=task.name, strategy=job.strategy, sources=source_ids, top_k=job.top_k, route_top_k=job.route_top_k,
             sparsity_weight=job.sparsity_weight, method=_recorded_method(job, method_name), gate_input=job.gate_input,
-            zero_expert=job.zero_expert, head_init=job.head_init,
+            zero_expert=job.zero_expert, head_init=job.head_init, gate_init=job.gate_init,
         ),
     }
 
     def finalize(trained: TaskModel) -> tuple[list[tuple[str, str, float | None]], dict]:
         extra: dict = {"strategy": job.strategy, "ranking": [r.to_dict() for r in ranking], "head_init": head_init}
+        if gate_init is not None:
+            extra["gate_init"] = gate_init
+        if plugged_finalize is not None:
+            lineage, own = plugged_finalize(trained)
+            return lineage, {**extra, **own}
         if job.strategy == "spot":
             return [(source_ids[0], "init", ranking[0].similarity)], extra
         if not ranking:
@@ -358,6 +395,7 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
         name_is_base=name_is_base,
         resume=job.resume,
         checkpoint_every=job.checkpoint_every,
+        preparation=preparation,
     )
     return TransferOutcome(expert, ranking)
 
@@ -391,7 +429,7 @@ def initialise_head(model: TaskModel, task: TaskSpec, ranking: list[RankedSource
 
 def _recorded_method(job: TransferJob, method_name: str) -> str | None:
     """The --method that rebuilds this job: spot records the method of the source it continued."""
-    if job.strategy == "attempt":
+    if job.strategy == "attempt" or job.strategy in PLUGGED:
         return None
     if job.strategy == "spot":
         return method_name

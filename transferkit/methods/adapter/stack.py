@@ -56,7 +56,7 @@ class AdapterStack(ExpertStack):
 
     def merge(self, weights: dict[str, torch.Tensor], backbone: Backbone) -> AdapterExpert:
         """One bottleneck per module, the used sources side by side: D = [D_j; ...], U = [w_j U_j, ...], u = sum_j w_j u_j."""
-        used = {name: torch.nonzero(weights[name] > 0).flatten() for name in self.module_names}
+        used = {name: torch.nonzero(weights[name] != 0).flatten() for name in self.module_names}
         width = max(len(index) for index in used.values()) * getattr(self, "dw0").shape[1]
         config = AdapterConfig(bottleneck_size=width, activation=self.activation_name, target_modules=list(self.module_names))
         merged = AdapterExpert(config, backbone)

@@ -38,16 +38,20 @@ class LoraStack(ExpertStack):
             self.register_buffer(f"b{slot}", b)
             self._slots[name] = slot
 
-    def deltas(self, module_name: str, inputs: torch.Tensor, output: torch.Tensor, index: torch.Tensor | None) -> StackedDeltas:
+    def factors(self, module_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (J, r_max, in) and B (J, out, r_max) of one module, each expert's alpha/r folded into B: ΔW_j = B_j A_j."""
         slot = self._slots[module_name]
-        a, b = getattr(self, f"a{slot}"), getattr(self, f"b{slot}")  # (J, r, in), (J, out, r)
+        return getattr(self, f"a{slot}"), getattr(self, f"b{slot}")
+
+    def deltas(self, module_name: str, inputs: torch.Tensor, output: torch.Tensor, index: torch.Tensor | None) -> StackedDeltas:
+        a, b = self.factors(module_name)  # (J, r, in), (J, out, r)
         if index is None:
             return StackedDeltas(torch.einsum("bti,kri->btkr", inputs, a.to(inputs.dtype)), b, None)
         return StackedDeltas(torch.einsum("bti,bkri->btkr", inputs, a[index].to(inputs.dtype)), b[index], None)
 
     def merge(self, weights: dict[str, torch.Tensor], backbone: Backbone) -> LoraExpert:
         """A = [A_j; ...] and B = [w_j s_j B_j, ...] over the used sources: rank = used sources x r_max, scaling 1."""
-        used = {name: torch.nonzero(weights[name] > 0).flatten() for name in self.module_names}
+        used = {name: torch.nonzero(weights[name] != 0).flatten() for name in self.module_names}
         rank = max(len(index) for index in used.values()) * getattr(self, "a0").shape[1]
         merged = LoraExpert(LoraConfig(r=rank, alpha=float(rank), dropout=0.0, target_modules=list(self.module_names)), backbone)
         with torch.no_grad():
