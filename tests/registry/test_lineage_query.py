@@ -93,7 +93,7 @@ def test_query_is_one_recursive_cte_that_postgresql_accepts(store, dag):
     recursive = [s for s in captured if "WITH RECURSIVE" in s]
     assert len(recursive) == 1 and "UNION" in recursive[0] and "UNION ALL" not in recursive[0]
     # Standard WITH RECURSIVE ... UNION, as compiled for PostgreSQL.
-    query = store._lineage_query(dag["e"].id, "ancestors", 64)
+    query = store._lineage_query([dag["e"].id], "ancestors", 64)
     compiled = str(query.compile(dialect=postgresql.dialect()))
     assert compiled.startswith("WITH RECURSIVE lineage_walk(parent_id, child_id, role, weight, depth)")
     assert "UNION SELECT" in compiled.replace("\n", " ")
