@@ -196,3 +196,28 @@ def tiny_experts(tmp_path_factory, tiny_model_dir, shared_data):
     )).expert
     registry.close()
     return url, experts
+
+
+@pytest.fixture(scope="session")
+def readme_example(tmp_path_factory, shared_data):
+    """The README's Python example run once, as written, in a new process: (registry URL, finished process).
+
+    It trains a real SST-2 LoRA expert on MiniLM (20 steps), evaluates it and aliases it `sentiment`.
+    test_readme_python_example.py checks what it prints; test_use_real.py uses the expert it leaves in its registry
+    (named sst2-lora) rather than training the same 20-step expert a second time.
+    """
+    import subprocess
+    import sys
+
+    from readme_helpers import readme_python_example
+
+    folder = tmp_path_factory.mktemp("readme-example")
+    # The example reads "../shared/data", as the README's commands do from a clone beside shared/.
+    (folder / "shared").symlink_to(shared_data.parent, target_is_directory=True)
+    (folder / "work").mkdir()
+    (folder / "work" / "example.py").write_text(readme_python_example())
+    url = f"sqlite:///{folder}/registry.db"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFERKIT_REGISTRY": url}
+    result = subprocess.run([sys.executable, "example.py"], cwd=folder / "work", env=env, capture_output=True, text=True,
+                            timeout=1200)
+    return url, result

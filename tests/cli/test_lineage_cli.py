@@ -1,4 +1,5 @@
-"""`transferkit lineage` and `reproduce`'s refusals through the console script, on a registry filled via the Python API."""
+"""`transferkit lineage` through the console script and `reproduce`'s refusals through its `main()` in this process (a new
+interpreter would import torch for each one-line refusal), on a registry filled via the Python API."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 import torch
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_cli_in_process
 
 from transferkit.lineage import LineageGraph, parse_mermaid
 from transferkit.registry import TaskRecord, open_registry
@@ -95,9 +96,9 @@ def test_lineage_errors_are_one_line(filled, tmp_path):
 def test_reproduce_refuses_runs_without_a_job_record(filled, tmp_path):
     url, _ = filled
     before = run_cli("--registry", url, "list", "--json", cwd=tmp_path).stdout
-    result = run_cli("--registry", url, "reproduce", "mnli-lora", cwd=tmp_path)
+    result = run_cli_in_process("--registry", url, "reproduce", "mnli-lora", cwd=tmp_path)
     assert_one_line_error(result, "mnli-lora", "before transferkit recorded jobs", "task, method, method_options")
-    assert_one_line_error(run_cli("--registry", url, "reproduce", "nope-nope", cwd=tmp_path), "nope-nope")
+    assert_one_line_error(run_cli_in_process("--registry", url, "reproduce", "nope-nope", cwd=tmp_path), "nope-nope")
     assert run_cli("--registry", url, "list", "--json", cwd=tmp_path).stdout == before
 
 
@@ -118,6 +119,7 @@ def test_reproduce_refuses_another_backbone_and_missing_sources(tmp_path, tiny_m
     add_expert(registry, "orphan", "glue/rte", "5", hyperparams={"job": transfer_job}, kind="transfer", backbone_id=tiny_id)
     registry.close()
     assert_one_line_error(
-        run_cli("--registry", url, "reproduce", "foreign", cwd=tmp_path), "bert-0000000000000000", tiny_id
+        run_cli_in_process("--registry", url, "reproduce", "foreign", cwd=tmp_path), "bert-0000000000000000", tiny_id
     )
-    assert_one_line_error(run_cli("--registry", url, "reproduce", "orphan", cwd=tmp_path), "deadbeef0000", "no longer exists")
+    assert_one_line_error(run_cli_in_process("--registry", url, "reproduce", "orphan", cwd=tmp_path), "deadbeef0000",
+                          "no longer exists")

@@ -13,7 +13,7 @@ from transferkit.registry import open_registry
 from transferkit.training.loop import TrainingConfig
 from transferkit.workflows import SourceJob, load_expert_model, train_source
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.real
 
@@ -191,25 +191,26 @@ def test_cli_transfer_bad_inputs(registry_url, sources, shared_data, tiny_model_
         (("--target", "cb", "--strategy", "magic"), "magic"),
         (("--target", "cb", "--strategy", "scratch", "--sources", sources[0].name), "scratch"),
     ]
-    for args, fragment in cases:
-        assert_one_line_error(run_cli(*base, *args, cwd=tmp_path), fragment)
+    for args, fragment in cases:  # the console script's main() in this process: no new interpreter importing torch per case
+        assert_one_line_error(run_cli_in_process(*base, *args, cwd=tmp_path), fragment)
     assert run_cli("--registry", registry_url, "list", "--json", "--limit", "200", cwd=tmp_path).stdout == before
 
 
 def test_cli_attempt_composes_real_prompt_experts(shared_data, tmp_path):
-    """ATTEMPT through the CLI: two real prompt experts (MNLI, SST-2) are the sources for CB."""
+    """ATTEMPT through the CLI: two real prompt experts (RTE, MRPC: real data whose dev and test splits are small,
+    where MNLI's and SST-2's would take most of the test to evaluate) are the sources for CB."""
     registry = f"sqlite:///{tmp_path}/attempt.db"
     common = ("--registry", registry, "--data-dir", str(shared_data))
     budget = ("--max-steps", "6", "--batch-size", "16", "--max-length", "64", "--seed", "1", "--quiet")
-    for task in ("mnli", "sst2"):
-        trained = run_cli(*common, "train-source", task, "--method", "prompt", "-O", "num_virtual_tokens=6",
-                          "--max-train-examples", "96", *budget, cwd=tmp_path)
+    for task in ("rte", "mrpc"):  # the sources in this process (the same main()); the transfer as a real process below
+        trained = run_cli_in_process(*common, "train-source", task, "--method", "prompt", "-O", "num_virtual_tokens=6",
+                                     "--max-train-examples", "96", *budget, cwd=tmp_path)
         assert trained.returncode == 0, trained.stderr[-2000:]
     result = run_cli(*common, "transfer", "--target", "cb", "--strategy", "attempt", *budget, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     details = json.loads(result.stdout)
     expert = details["expert"]
-    assert expert["method"] == "attempt" and [r["task"] for r in expert["extra"]["ranking"]] == ["glue/mnli", "glue/sst2"]
+    assert expert["method"] == "attempt" and [r["task"] for r in expert["extra"]["ranking"]] == ["glue/rte", "glue/mrpc"]
     attention = expert["extra"]["gate_weights"]
     assert sum(attention["mean"].values()) + attention["target"] == pytest.approx(1.0, abs=1e-4)
     assert {p["role"] for p in details["lineage"]["parents"]} == {"source"} and len(details["lineage"]["parents"]) == 2

@@ -10,7 +10,7 @@ from transferkit.composition.compare import GridBudget, MethodGrid, collect_meth
 from transferkit.errors import NotFoundError
 from transferkit.registry import open_registry
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_cli_in_process
 
 
 @pytest.fixture
@@ -60,6 +60,7 @@ def test_cli_compare_methods_json_and_render_only(registry_url, tiny_model_dir, 
     assert trained.returncode == 0, trained.stderr
     [row] = json.loads(trained.stdout)
     assert (row["task"], row["method"], row["seeds"]) == ("superglue/cb", "adapter", 1)
-    rendered = run_cli(*base, "--render-only", cwd=tmp_path)
+    # The same main() in this process: a new interpreter would import torch again for a table and a refusal.
+    rendered = run_cli_in_process(*base, "--render-only", cwd=tmp_path)
     assert rendered.returncode == 0 and "adapter" in rendered.stdout and "train ex/s" in rendered.stdout
-    assert_one_line_error(run_cli(*base, "--strategies", "pemt", cwd=tmp_path), "--methods")
+    assert_one_line_error(run_cli_in_process(*base, "--strategies", "pemt", cwd=tmp_path), "--methods")
