@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from transferkit.cli.common import (
+    DEFAULT_SPARSITY_WEIGHT,
     ArtifactsOption,
     BatchSizeOption,
     CheckpointEveryOption,
@@ -38,6 +39,7 @@ from transferkit.cli.common import (
     RegistryOption,
     ResumeOption,
     SeedOption,
+    SparsityWeightOption,
     TaskFileOption,
     TaskPromptOption,
     ZeroExpertOption,
@@ -217,7 +219,7 @@ def transfer_command(
     route_top_k: Annotated[
         Optional[int], typer.Option(help="Experts active per example and layer (default: all chosen sources, dense).")
     ] = None,
-    sparsity_weight: Annotated[float, typer.Option(help="Weight of PEMT's task sparsity loss.")] = 0.1,
+    sparsity_weight: SparsityWeightOption = DEFAULT_SPARSITY_WEIGHT,
     gate_input: Annotated[
         str,
         typer.Option(help="What pemt's gate reads: 'states' (each layer's task-prompt states, PEMT) or 'task' (the task "
@@ -321,7 +323,7 @@ def compare_command(
     sources: Annotated[Optional[str], typer.Option(help="Comma-separated source experts (default: chosen per target).")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Keep the k most similar sources.")] = None,
     route_top_k: Annotated[Optional[int], typer.Option(help="Experts active per example and layer.")] = None,
-    sparsity_weight: Annotated[float, typer.Option(help="Weight of PEMT's task sparsity loss.")] = 0.1,
+    sparsity_weight: SparsityWeightOption = DEFAULT_SPARSITY_WEIGHT,
     zero_expert: ZeroExpertOption = None,
     head_init: HeadInitOption = "auto",
     max_steps: MaxStepsOption = None,

@@ -69,6 +69,13 @@ ZeroExpertOption = Annotated[
                  help="pemt: let the gate also choose an expert that changes nothing, so a target unlike every source "
                       "can use none of them (default: on for pemt).", show_default=False),
 ]
+# The library's default (composition.transfer.DEFAULT_SPARSITY_WEIGHT), repeated here so that `--help` needs no torch.
+DEFAULT_SPARSITY_WEIGHT = 0.0
+SparsityWeightOption = Annotated[
+    float,
+    typer.Option(help="Weight of PEMT's task sparsity loss, which concentrates the gate on sources that agree with the "
+                      "mixed change (default 0: off, chosen on RTE, CB and CoLA dev)."),
+]
 HeadInitOption = Annotated[
     str,
     typer.Option(help="auto: start the target's head from the sources' heads where their labels match by name or meaning "

@@ -260,3 +260,12 @@ def test_zero_expert_prior_sets_its_starting_share_and_the_gate_can_still_move_i
 def test_zero_expert_prior_outside_the_open_unit_interval_is_refused(tiny_backbone, prior):
     with pytest.raises(InvalidInputError, match="prior share"):
         build_mixture(random_experts(tiny_backbone, "lora", 2), tiny_backbone, None, True, zero_expert=True, zero_prior=prior)
+
+
+def test_the_cli_states_the_librarys_default_sparsity_weight():
+    from transferkit.cli.common import DEFAULT_SPARSITY_WEIGHT as shown
+    from transferkit.composition.compare import Grid
+    from transferkit.composition.transfer import DEFAULT_SPARSITY_WEIGHT, TransferJob
+
+    grid = Grid(name="g", targets=["glue/rte"], strategies=["pemt"], seeds=[1])
+    assert shown == DEFAULT_SPARSITY_WEIGHT == TransferJob(target="glue/rte").sparsity_weight == grid.sparsity_weight

@@ -29,7 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transferkit.composition.transfer import STRATEGIES, TRANSFER_PROMPT_LR, TransferJob, transfer
+from transferkit.composition.transfer import DEFAULT_SPARSITY_WEIGHT, STRATEGIES, TRANSFER_PROMPT_LR, TransferJob, transfer
 from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted
 from transferkit.methods import get_method
 from transferkit.registry import ExpertRecord, RegistryStore
@@ -71,7 +71,7 @@ class Grid:
     sources: list[str] | None = None
     top_k: int | None = None
     route_top_k: int | None = None
-    sparsity_weight: float = 0.1
+    sparsity_weight: float = DEFAULT_SPARSITY_WEIGHT
     zero_expert: bool | None = None  # None: the strategy's default
     head_init: str = "auto"
 
