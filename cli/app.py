@@ -47,10 +47,10 @@ from transferkit.cli.common import (
     err,
     global_options,
     mib,
-    open_store,
     out,
     primary_value,
     print_json,
+    registry_from,
 )
 from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted, TransferkitError
 from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY
@@ -68,9 +68,9 @@ app = typer.Typer(
 
 @app.callback()
 def main_callback(
-    ctx: typer.Context, registry: RegistryOption = None, data_dir: DataDirOption = None, artifacts: ArtifactsOption = None
+    ctx: typer.Context, registry_url: RegistryOption = None, data_dir: DataDirOption = None, artifacts: ArtifactsOption = None
 ) -> None:
-    ctx.obj = GlobalOptions(registry, data_dir, artifacts)
+    ctx.obj = GlobalOptions(registry_url, data_dir, artifacts)
 
 
 @app.command("methods")
@@ -142,7 +142,7 @@ def train_source_command(
     name: Annotated[Optional[str], typer.Option(help="Expert name (default: <task>-<method>, made unique).")] = None,
     resume: ResumeOption = False,
     checkpoint_every: CheckpointEveryOption = DEFAULT_CHECKPOINT_EVERY,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
@@ -152,7 +152,7 @@ def train_source_command(
     from transferkit.training.loop import TrainingConfig
     from transferkit.workflows import SourceJob, train_source
 
-    options = global_options(ctx, registry, data_dir, artifacts)
+    options = global_options(ctx, registry_url, data_dir, artifacts)
     check_data_dir(options.data_dir)
     training = TrainingConfig(
         max_steps=max_steps,
@@ -182,12 +182,12 @@ def train_source_command(
         resume=resume,
         checkpoint_every=checkpoint_every,
     )
-    store = open_store(options)
-    expert = train_source(store, job)
+    registry = registry_from(options)
+    expert = train_source(registry, job)
     if as_json:
         from transferkit.inspection import expert_details
 
-        print_json(expert_details(store, expert, verify=False))
+        print_json(expert_details(registry, expert, verify=False))
         return
     _print_expert_summary(expert)
 
@@ -254,7 +254,7 @@ def transfer_command(
     name: Annotated[Optional[str], typer.Option(help="Expert name (default: <task>-<strategy>, made unique).")] = None,
     resume: ResumeOption = False,
     checkpoint_every: CheckpointEveryOption = DEFAULT_CHECKPOINT_EVERY,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
@@ -264,7 +264,7 @@ def transfer_command(
     from transferkit.composition.transfer import TransferJob, transfer
     from transferkit.training.loop import TrainingConfig
 
-    options = global_options(ctx, registry, data_dir, artifacts)
+    options = global_options(ctx, registry_url, data_dir, artifacts)
     check_data_dir(options.data_dir)
     training = TrainingConfig(
         max_steps=max_steps, epochs=epochs, patience=patience, batch_size=batch_size, head_lr=head_lr, prompt_lr=prompt_lr,
@@ -279,12 +279,12 @@ def transfer_command(
         max_train_examples=max_train_examples, task_prompt_length=task_prompt_length, show_progress=not quiet,
         command=["transferkit", *sys.argv[1:]], resume=resume, checkpoint_every=checkpoint_every,
     )
-    store = open_store(options)
-    outcome = transfer(store, job)
+    registry = registry_from(options)
+    outcome = transfer(registry, job)
     if as_json:
         from transferkit.inspection import expert_details
 
-        print_json(expert_details(store, outcome.expert, verify=False))
+        print_json(expert_details(registry, outcome.expert, verify=False))
         return
     if outcome.ranking:
         table = Table(title="sources (ranked by the mean of description and data similarity to the target)")
@@ -334,7 +334,7 @@ def compare_command(
     prompt_lr: PromptLrOption = 2e-3,
     model: Annotated[Optional[str], typer.Option(help="Backbone (must match the sources').")] = None,
     render_only: Annotated[bool, typer.Option("--render-only", help="Only print the table from stored cells.")] = False,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
@@ -343,7 +343,7 @@ def compare_command(
     """Run (or resume) the transfer grid, or with --methods the method grid, and print the official test metric per cell: mean over seeds, 95% interval, paired difference to scratch."""
     from transferkit.composition.compare import Grid, GridBudget, collect, run_grid
 
-    options = global_options(ctx, registry, data_dir, artifacts)
+    options = global_options(ctx, registry_url, data_dir, artifacts)
     check_data_dir(options.data_dir)
     try:
         seed_values = [int(s) for s in _csv(seeds)]
@@ -362,10 +362,10 @@ def compare_command(
         budget=budget, sources=_csv(sources) if sources else None, top_k=top_k, route_top_k=route_top_k,
         sparsity_weight=sparsity_weight, zero_expert=zero_expert, head_init=head_init,
     )
-    store = open_store(options)
+    registry = registry_from(options)
     if not render_only:
-        run_grid(store, spec, options.data_dir, model, show_progress=not quiet)
-    rows = collect(store, spec)
+        run_grid(registry, spec, options.data_dir, model, show_progress=not quiet)
+    rows = collect(registry, spec)
     if as_json:
         print_json(rows)
         return
@@ -411,10 +411,10 @@ def _compare_methods(
     from transferkit.composition.compare import MethodGrid, collect_methods, run_method_grid
 
     spec = MethodGrid(name=grid, tasks=tasks, methods=methods, seeds=seeds, budget=budget)
-    store = open_store(options)
+    registry = registry_from(options)
     if not render_only:
-        run_method_grid(store, spec, options.data_dir, model, show_progress=not quiet)
-    rows = collect_methods(store, spec)
+        run_method_grid(registry, spec, options.data_dir, model, show_progress=not quiet)
+    rows = collect_methods(registry, spec)
     if as_json:
         print_json(rows)
         return
@@ -435,25 +435,25 @@ def _compare_methods(
 def inspect_command(
     ctx: typer.Context,
     expert: Annotated[str, typer.Argument(help="Expert id, id prefix, name or alias, or a run id.")],
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Everything known about one expert (curation and stored evaluations too; verifies its artifact's sha256), or one run."""
-    store = open_store(global_options(ctx, registry, None, artifacts))
+    registry = registry_from(global_options(ctx, registry_url, None, artifacts))
     try:
-        record = store.get_expert(expert)
+        record = registry.get_expert(expert)
     except NotFoundError:
         from transferkit.cli.runs import find_run, inspect_run
 
-        run = find_run(store, expert)
+        run = find_run(registry, expert)
         if run is None:
             raise
-        inspect_run(store, run, as_json)
+        inspect_run(registry, run, as_json)
         return
     from transferkit.inspection import expert_details
 
-    details = expert_details(store, record)
+    details = expert_details(registry, record)
     if as_json:
         print_json(details)
         return

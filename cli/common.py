@@ -7,12 +7,15 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from transferkit.errors import DataError
+
+if TYPE_CHECKING:  # the registry is imported when a command opens it, not at CLI start-up
+    from transferkit.registry import SqlAlchemyStore
 
 # Wide tables when piped: a wrapped table is unreadable in a log file. Under torchrun / accelerate launch
 # every process runs the same command; only the first (RANK 0) prints results, the others would repeat them.
@@ -113,23 +116,24 @@ CheckpointEveryOption = Annotated[int, typer.Option(help="Save a training checkp
 
 @dataclass
 class GlobalOptions:
-    registry: str | None = None
+    registry_url: str | None = None
     data_dir: Path | None = None
     artifacts: str | None = None
 
 
 def global_options(
-    ctx: typer.Context, registry: str | None, data_dir: Path | None, artifacts: str | None = None
+    ctx: typer.Context, registry_url: str | None, data_dir: Path | None, artifacts: str | None = None
 ) -> GlobalOptions:
     """Command-level options win over the same options given before the command."""
     parent: GlobalOptions = ctx.obj or GlobalOptions()
-    return GlobalOptions(registry or parent.registry, data_dir or parent.data_dir, artifacts or parent.artifacts)
+    return GlobalOptions(registry_url or parent.registry_url, data_dir or parent.data_dir, artifacts or parent.artifacts)
 
 
-def open_store(options: GlobalOptions):
+def registry_from(options: GlobalOptions) -> SqlAlchemyStore:
+    """The registry the options name (opened, created or upgraded as needed)."""
     from transferkit.registry import open_registry
 
-    return open_registry(options.registry, options.artifacts)
+    return open_registry(options.registry_url, options.artifacts)
 
 
 def print_json(data) -> None:

@@ -11,9 +11,9 @@ from transferkit.cli.common import (
     JsonOption,
     RegistryOption,
     global_options,
-    open_store,
     out,
     print_json,
+    registry_from,
 )
 
 from transferkit.errors import InvalidInputError
@@ -55,7 +55,7 @@ def cost_command(
     task: Annotated[str | None, typer.Option(help="Only experts of this task.")] = None,
     since: Annotated[str | None, typer.Option(help="Only experts created on or after this ISO date/datetime.")] = None,
     by: Annotated[str, typer.Option(help="Group by task, method, device or day.")] = "task",
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Training cost totals: own cost, and amortized cost (own + an equal share of every source used)."""
@@ -64,10 +64,10 @@ def cost_command(
     if by not in GROUPINGS:
         raise InvalidInputError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
     moment = parse_since(since) if since else None
-    store = open_store(global_options(ctx, registry, None))
-    costs = expert_costs(store, task_name=task, since=moment)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    costs = expert_costs(registry, task_name=task, since=moment)
     groups = aggregate(costs, by)
-    deleted = deleted_experts_cost(store) if task is None and since is None else None  # runs, not experts: not filterable
+    deleted = deleted_experts_cost(registry) if task is None and since is None else None  # runs, not experts: not filterable
     if as_json:
         print_json({"by": by, "rule": RULE, "groups": groups, "experts": [c.to_dict() for c in costs], "deleted_experts": deleted})
         return

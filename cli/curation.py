@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import ArtifactsOption, JsonOption, RegistryOption, global_options, open_store, out, print_json
+from transferkit.cli.common import ArtifactsOption, JsonOption, RegistryOption, global_options, out, print_json, registry_from
 from transferkit.errors import InvalidInputError
 
 ExpertArgument = Annotated[str, typer.Argument(help="Expert id, id prefix, name or alias.")]
@@ -36,16 +36,16 @@ def tag_command(
     ctx: typer.Context,
     expert: ExpertArgument,
     tags: Annotated[list[str], typer.Argument(help="Tags to add or overwrite: KEY or KEY=VALUE (MLflow-style).")],
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Add tags to an expert (`transferkit list --tag KEY[=VALUE]` finds them)."""
     from transferkit.registry.curation import parse_tag
 
     parsed = dict(parse_tag(tag) for tag in tags)
-    store = open_store(global_options(ctx, registry, None))
-    record = store.get_expert(expert)
-    curation = store.set_tags(record.id, parsed)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    record = registry.get_expert(expert)
+    curation = registry.set_tags(record.id, parsed)
     if as_json:
         print_json(curation.to_dict())
         return
@@ -56,13 +56,13 @@ def untag_command(
     ctx: typer.Context,
     expert: ExpertArgument,
     keys: Annotated[list[str], typer.Argument(help="Keys of the tags to remove.")],
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Remove tags from an expert."""
-    store = open_store(global_options(ctx, registry, None))
-    record = store.get_expert(expert)
-    curation = store.remove_tags(record.id, keys)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    record = registry.get_expert(expert)
+    curation = registry.remove_tags(record.id, keys)
     if as_json:
         print_json(curation.to_dict())
         return
@@ -74,15 +74,15 @@ def note_command(
     expert: ExpertArgument,
     text: Annotated[Optional[str], typer.Argument(help="The note (a description of the expert); without it, show the note.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the note.")] = False,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Set, show or clear an expert's note."""
     if clear and text is not None:
         raise InvalidInputError("give a note or --clear, not both")
-    store = open_store(global_options(ctx, registry, None))
-    record = store.get_expert(expert)
-    curation = store.set_note(record.id, None) if clear else store.set_note(record.id, text) if text is not None else store.curation(record.id)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    record = registry.get_expert(expert)
+    curation = registry.set_note(record.id, None) if clear else registry.set_note(record.id, text) if text is not None else registry.curation(record.id)
     if as_json:
         print_json(curation.to_dict())
         return
@@ -94,13 +94,13 @@ def alias_set_command(
     ctx: typer.Context,
     alias: Annotated[str, typer.Argument(help="The alias, e.g. rte-best.")],
     expert: ExpertArgument,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Point ALIAS at an expert (created, or moved atomically if it points elsewhere)."""
-    store = open_store(global_options(ctx, registry, None))
-    record = store.get_expert(expert)
-    previous = store.set_alias(alias, record.id)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    record = registry.get_expert(expert)
+    previous = registry.set_alias(alias, record.id)
     if as_json:
         print_json({"alias": alias, "expert_id": record.id, "expert_name": record.name, "previous_expert_id": previous})
         return
@@ -112,12 +112,12 @@ def alias_set_command(
 def alias_rm_command(
     ctx: typer.Context,
     alias: Annotated[str, typer.Argument(help="The alias to remove.")],
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Remove an alias (the expert stays)."""
-    store = open_store(global_options(ctx, registry, None))
-    expert_id = store.remove_alias(alias)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    expert_id = registry.remove_alias(alias)
     if as_json:
         print_json({"alias": alias, "expert_id": expert_id})
         return
@@ -125,11 +125,11 @@ def alias_rm_command(
 
 
 @alias_app.command("list")
-def alias_list_command(ctx: typer.Context, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
+def alias_list_command(ctx: typer.Context, registry_url: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Every alias and the expert it points at."""
-    store = open_store(global_options(ctx, registry, None))
-    aliases = store.list_aliases()
-    names = {e.id: e.name for e in (store.get_expert(i) for i in set(aliases.values()))}
+    registry = registry_from(global_options(ctx, registry_url, None))
+    aliases = registry.list_aliases()
+    names = {e.id: e.name for e in (registry.get_expert(i) for i in set(aliases.values()))}
     if as_json:
         print_json([{"alias": a, "expert_id": i, "expert_name": names[i]} for a, i in aliases.items()])
         return
@@ -145,13 +145,13 @@ def delete_command(
     ctx: typer.Context,
     expert: ExpertArgument,
     force: Annotated[bool, typer.Option("--force", help="Delete even though other experts were made from it (they are listed).")] = False,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Delete an expert: refused while others were made from it (unless --force); its run and cost stay, `gc` reclaims its blob."""
-    store = open_store(global_options(ctx, registry, None, artifacts))
-    deletion = store.delete_expert(store.get_expert(expert).id, force=force)
+    registry = registry_from(global_options(ctx, registry_url, None, artifacts))
+    deletion = registry.delete_expert(registry.get_expert(expert).id, force=force)
     if as_json:
         print_json(deletion.to_dict())
         return

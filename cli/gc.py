@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from transferkit.cli.common import JsonOption, RegistryOption, err, global_options, open_store, out, print_json
+from transferkit.cli.common import JsonOption, RegistryOption, err, global_options, out, print_json, registry_from
 
 from transferkit.errors import InvalidInputError
 
@@ -36,7 +36,7 @@ def gc_command(
                      help="Also remove the checkpoints of interrupted runs untouched for --older-than hours "
                           "(by default they are kept: a stop signal wrote them to be resumed)."),
     ] = False,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Close stale runs as failed and remove orphaned blobs and stale checkpoints (a dry run unless --apply);
@@ -46,8 +46,8 @@ def gc_command(
 
     if not 0 < older_than <= MAX_HOURS:  # nan fails both comparisons
         raise InvalidInputError(f"--older-than must be a positive number of hours up to {MAX_HOURS:,}, got {older_than}")
-    store = open_store(global_options(ctx, registry, None))
-    report = collect_garbage(store, apply=apply, older_than=timedelta(hours=older_than), include_interrupted=include_interrupted)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    report = collect_garbage(registry, apply=apply, older_than=timedelta(hours=older_than), include_interrupted=include_interrupted)
     if as_json:
         print_json(report.to_dict())
         return

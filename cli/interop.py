@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from transferkit.cli.common import JsonOption, RegistryOption, global_options, open_store, out, print_json
+from transferkit.cli.common import JsonOption, RegistryOption, global_options, out, print_json, registry_from
 
 ExpertArgument = Annotated[str, typer.Argument(help="Expert id, id prefix or name.")]
 BackboneOption = Annotated[
@@ -34,14 +34,14 @@ def export_command(
     output_format: Annotated[str, typer.Option("--format", help="bundle (transferkit archive) or peft (PEFT adapter folder).")] = "bundle",
     with_sources: WithSourcesOption = False,
     model: BackboneOption = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write an expert as a self-describing bundle or as a PEFT adapter folder."""
     from transferkit.interop import export_expert
 
-    store = open_store(global_options(ctx, registry, None))
-    summary = export_expert(store, store.get_expert(expert), output_format, output, with_sources=with_sources, model=model)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    summary = export_expert(registry, registry.get_expert(expert), output_format, output, with_sources=with_sources, model=model)
     if as_json:
         print_json(summary)
         return
@@ -62,14 +62,14 @@ def import_command(
     task: Annotated[Optional[str], typer.Option(help="PEFT adapters: the catalog task it was trained for (if it does not say).")] = None,
     name: Annotated[Optional[str], typer.Option(help="PEFT adapters: the expert's name (default: from the adapter, made unique).")] = None,
     model: BackboneOption = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Import a PEFT adapter or a bundle; everything is checked before anything is written."""
     from transferkit.interop import import_path
 
-    store = open_store(global_options(ctx, registry, None))
-    summary = import_path(store, path, task=task, name=name, model=model, command=["transferkit", *sys.argv[1:]])
+    registry = registry_from(global_options(ctx, registry_url, None))
+    summary = import_path(registry, path, task=task, name=name, model=model, command=["transferkit", *sys.argv[1:]])
     _print_import(summary, as_json)
 
 
@@ -79,14 +79,14 @@ def push_command(
     remote: Annotated[str, typer.Argument(help="A folder, or hf://owner/name[@revision] on the Hugging Face Hub.")],
     name: Annotated[Optional[str], typer.Option(help="Bundle name on the remote (default: the expert's name).")] = None,
     with_sources: WithSourcesOption = False,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Export an expert as a bundle and upload it to a remote."""
     from transferkit.interop import push_expert
 
-    store = open_store(global_options(ctx, registry, None))
-    summary = push_expert(store, store.get_expert(expert), remote, name=name, with_sources=with_sources)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    summary = push_expert(registry, registry.get_expert(expert), remote, name=name, with_sources=with_sources)
     if as_json:
         print_json(summary)
         return
@@ -98,14 +98,14 @@ def pull_command(
     remote: Annotated[str, typer.Argument(help="A folder, or hf://owner/name[@revision] on the Hugging Face Hub.")],
     name: Annotated[str, typer.Argument(help="Bundle name on the remote.")],
     model: BackboneOption = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Download a bundle from a remote and import it."""
     from transferkit.interop import pull_bundle
 
-    store = open_store(global_options(ctx, registry, None))
-    _print_import(pull_bundle(store, remote, name, model=model), as_json)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    _print_import(pull_bundle(registry, remote, name, model=model), as_json)
 
 
 def _print_import(summary: dict, as_json: bool) -> None:

@@ -16,9 +16,9 @@ from transferkit.cli.common import (
     RegistryOption,
     check_data_dir,
     global_options,
-    open_store,
     out,
     print_json,
+    registry_from,
 )
 from transferkit.errors import InvalidInputError
 
@@ -41,7 +41,7 @@ def lineage_command(
         bool, typer.Option("--descendants", help="Show what was built from the expert instead of what it was built from.")
     ] = False,
     max_depth: Annotated[int, typer.Option(help="Follow at most this many edges from the expert.")] = 64,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Sources of an expert, their sources, ...: data fingerprints, split protocol, backbone, code and package versions."""
@@ -51,8 +51,8 @@ def lineage_command(
         raise InvalidInputError(f"--format must be one of {', '.join(FORMATS)}, not {output_format!r}")
     if as_json and output_format != "tree":
         raise InvalidInputError(f"--json and --format {output_format} each choose the output; give one of them")
-    store = open_store(global_options(ctx, registry, None))
-    graph = build_lineage(store, store.get_expert(expert), "descendants" if descendants else "ancestors", max_depth)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    graph = build_lineage(registry, registry.get_expert(expert), "descendants" if descendants else "ancestors", max_depth)
     if as_json:
         sys.stdout.write(graph.to_json() + "\n")
     elif output_format == "dot":
@@ -67,7 +67,7 @@ def reproduce_command(
     ctx: typer.Context,
     expert: ExpertArgument,
     name: Annotated[Optional[str], typer.Option(help="Name of the reproduction (default: <expert>-repro, made unique).")] = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
@@ -79,11 +79,11 @@ def reproduce_command(
     """Re-run the recorded job of an expert (same settings and seed) into the registry and compare its metrics."""
     from transferkit.reproduce import reproduce
 
-    options = global_options(ctx, registry, data_dir, artifacts)
+    options = global_options(ctx, registry_url, data_dir, artifacts)
     check_data_dir(options.data_dir)
-    store = open_store(options)
+    registry = registry_from(options)
     result = reproduce(
-        store, expert, data_dir=options.data_dir, name=name, command=["transferkit", *sys.argv[1:]],
+        registry, expert, data_dir=options.data_dir, name=name, command=["transferkit", *sys.argv[1:]],
         show_progress=not quiet, resume=resume,
     )
     if as_json:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import JsonOption, RegistryOption, global_options, open_store, out, primary_value, print_json
+from transferkit.cli.common import JsonOption, RegistryOption, global_options, out, primary_value, print_json, registry_from
 from transferkit.errors import TransferkitError
 
 if TYPE_CHECKING:
@@ -37,11 +37,11 @@ def list_command(
     status: Annotated[
         Optional[str], typer.Option(help="With --runs: only runs of this status (running, finished, failed, interrupted).")
     ] = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List stored experts, newest first (or best first on a task with --evaluated-on), or with --runs the runs."""
-    options = global_options(ctx, registry, None)
+    options = global_options(ctx, registry_url, None)
     if not (1 <= limit < 2**63 and 0 <= offset < 2**63):  # SQL LIMIT/OFFSET are 64-bit integers
         raise TransferkitError("--limit must be at least 1 and --offset at least 0 (both below 2^63)")
     if runs or status is not None:
@@ -49,30 +49,30 @@ def list_command(
 
         if any(value is not None for value in (task, method, tag, evaluated_on)):
             raise TransferkitError("--task, --method, --tag and --evaluated-on filter experts; drop them with --runs")
-        list_runs(open_store(options), status, limit, offset, as_json)
+        list_runs(registry_from(options), status, limit, offset, as_json)
         return
-    store = open_store(options)
+    registry = registry_from(options)
     if evaluated_on is not None:
-        print_evaluated(store, evaluated_on, limit, as_json)
+        print_evaluated(registry, evaluated_on, limit, as_json)
         return
     task_name = None
     if task is not None:
         from transferkit.task_registry import resolve_registered_task
 
-        task_name = resolve_registered_task(store, task).name
+        task_name = resolve_registered_task(registry, task).name
     tag_filter = None
     if tag is not None:
         from transferkit.registry.curation import parse_tag
 
         key, value = parse_tag(tag)
         tag_filter = (key, value if "=" in tag else None)
-    experts = store.list_experts(task_name=task_name, method=method, tag=tag_filter, limit=limit, offset=offset)
-    curations = store.curations([e.id for e in experts])
-    evaluations = store.count_evaluations([e.id for e in experts])
+    experts = registry.list_experts(task_name=task_name, method=method, tag=tag_filter, limit=limit, offset=offset)
+    curations = registry.curations([e.id for e in experts])
+    evaluations = registry.count_evaluations([e.id for e in experts])
     if as_json:
         print_json([{**e.to_dict(), "curation": curations[e.id].to_dict(), "evaluations": evaluations[e.id]} for e in experts])
         return
-    total = store.count_experts(task_name=task_name, method=method, tag=tag_filter)
+    total = registry.count_experts(task_name=task_name, method=method, tag=tag_filter)
     table = Table(title=f"experts ({len(experts)} of {total})")
     for column in ("id", "name", "task", "method", "params", "dev", "test", "evals", "aliases, tags", "backbone", "created"):
         table.add_column(column, overflow="fold")
@@ -109,14 +109,14 @@ def curation_rows(details: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def print_evaluated(store: RegistryStore, task: str, limit: int, as_json: bool) -> None:
+def print_evaluated(registry: RegistryStore, task: str, limit: int, as_json: bool) -> None:
     """Experts evaluated on `task` (a task name or file:<name>), best latest evaluation first."""
     name = task
     if not task.startswith("file:"):
         from transferkit.task_registry import resolve_registered_task
 
-        name = resolve_registered_task(store, task).name
-    ranked = store.best_on(name, limit=limit)
+        name = resolve_registered_task(registry, task).name
+    ranked = registry.best_on(name, limit=limit)
     if as_json:
         print_json([{"expert": expert.to_dict(), "evaluation": evaluation.to_dict()} for expert, evaluation in ranked])
         return

@@ -14,9 +14,9 @@ from transferkit.cli.common import (
     RegistryOption,
     check_data_dir,
     global_options,
-    open_store,
     out,
     print_json,
+    registry_from,
 )
 
 
@@ -29,7 +29,7 @@ def merge_command(
     ctx: typer.Context,
     expert: Annotated[str, typer.Argument(help="A pemt (trained with --gate-input task) or average expert: id, id prefix or name.")],
     name: Annotated[Optional[str], typer.Option(help="Name of the merged expert (default: <expert>-merged).")] = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
@@ -37,11 +37,11 @@ def merge_command(
     """Merge a mixture's sources into one expert of their method; checks its outputs against the mixture on dev."""
     from transferkit.composition.merge import merge_expert
 
-    options = global_options(ctx, registry, data_dir, artifacts)
+    options = global_options(ctx, registry_url, data_dir, artifacts)
     check_data_dir(options.data_dir)
-    store = open_store(options)
+    registry = registry_from(options)
     merged, difference = merge_expert(
-        store, expert, data_dir=options.data_dir, name=name, command=["transferkit", *sys.argv[1:]]
+        registry, expert, data_dir=options.data_dir, name=name, command=["transferkit", *sys.argv[1:]]
     )
     if as_json:
         print_json({"expert": {"id": merged.id, "name": merged.name, "method": merged.method, "config": merged.config,

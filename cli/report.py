@@ -10,9 +10,9 @@ from transferkit.cli.common import (
     JsonOption,
     RegistryOption,
     global_options,
-    open_store,
     out,
     print_json,
+    registry_from,
 )
 
 
@@ -24,14 +24,14 @@ def register(app: typer.Typer) -> None:
 def report_command(
     ctx: typer.Context,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for index.html and its PNGs (created if missing).")],
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write an offline HTML report: task similarity, gate weights, compare grids, training curves, cost."""
     from transferkit.report import build_report
 
-    store = open_store(global_options(ctx, registry, None))
-    result = build_report(store, out_dir)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    result = build_report(registry, out_dir)
     if as_json:
         print_json(result.summary())
         return

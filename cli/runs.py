@@ -14,11 +14,11 @@ from transferkit.registry import RUN_STATUSES, RegistryStore, RunRecord
 from transferkit.runs import RunState, run_state
 
 
-def list_runs(store: RegistryStore, status: str | None, limit: int, offset: int, as_json: bool) -> None:
+def list_runs(registry: RegistryStore, status: str | None, limit: int, offset: int, as_json: bool) -> None:
     """One page of runs, newest first, optionally of one status."""
     if status is not None and status not in RUN_STATUSES:
         raise InvalidInputError(f"--status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
-    states = [run_state(store, run) for run in store.list_runs(statuses=None if status is None else [status], limit=limit, offset=offset)]
+    states = [run_state(registry, run) for run in registry.list_runs(statuses=None if status is None else [status], limit=limit, offset=offset)]
     if as_json:
         print_json([state.to_dict() for state in states])
         return
@@ -32,17 +32,17 @@ def list_runs(store: RegistryStore, status: str | None, limit: int, offset: int,
     out.print(table)
 
 
-def find_run(store: RegistryStore, run_id: str) -> RunRecord | None:
+def find_run(registry: RegistryStore, run_id: str) -> RunRecord | None:
     """The run with this exact id, or None."""
     try:
-        return store.get_run(run_id)
+        return registry.get_run(run_id)
     except NotFoundError:
         return None
 
 
-def inspect_run(store: RegistryStore, run: RunRecord, as_json: bool) -> None:
+def inspect_run(registry: RegistryStore, run: RunRecord, as_json: bool) -> None:
     """Everything the registry records about one run, and whether and how it can be resumed."""
-    state = run_state(store, run)
+    state = run_state(registry, run)
     if as_json:
         print_json(state.to_dict())
         return

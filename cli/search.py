@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import JsonOption, RegistryOption, global_options, open_store, out, primary_value, print_json
+from transferkit.cli.common import JsonOption, RegistryOption, global_options, out, primary_value, print_json, registry_from
 from transferkit.errors import InvalidInputError
 
 if TYPE_CHECKING:  # the registry is imported when a command opens it, not at CLI start-up
@@ -25,7 +25,7 @@ def search_command(
     text: Annotated[str, typer.Argument(help='What the task is about, e.g. "detect whether two questions mean the same".')],
     limit: Annotated[int, typer.Option(help="How many tasks to return.")] = 5,
     experts: Annotated[int, typer.Option(help="Best experts shown per task (by primary dev metric; 0: none).")] = 3,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Tasks whose description embedding is nearest to TEXT (cosine), with their best experts."""
@@ -35,16 +35,16 @@ def search_command(
         raise InvalidInputError("--limit must be at least 1 and --experts at least 0")
     from transferkit.embedding import embed_texts, embedder_id
 
-    store = open_store(global_options(ctx, registry, None))
-    found = nearest_tasks_with_experts(store, embed_texts([text])[0], embedder_id(), limit, experts)
+    registry = registry_from(global_options(ctx, registry_url, None))
+    found = nearest_tasks_with_experts(registry, embed_texts([text])[0], embedder_id(), limit, experts)
     if as_json:
-        print_json({"query": text, "index": store.search_index.kind, "tasks": [
+        print_json({"query": text, "index": registry.search_index.kind, "tasks": [
             {"task": match.task_name, "similarity": round(match.similarity, 6), "description": task.description if task else None,
              "experts_total": group.count, "experts": [_expert_summary(e) for e in group.best]}
             for match, task, group in found
         ]})
         return
-    table = Table(title=f"tasks nearest to {text!r} ({store.search_index.kind} index)")
+    table = Table(title=f"tasks nearest to {text!r} ({registry.search_index.kind} index)")
     for column in ("task", "similarity", "experts", "best experts (dev)", "description"):
         table.add_column(column, overflow="fold")
     for match, task, group in found:
@@ -54,15 +54,15 @@ def search_command(
 
 
 def nearest_tasks_with_experts(
-    store: RegistryStore, vector: Sequence[float], embedder: str, limit: int, experts: int
+    registry: RegistryStore, vector: Sequence[float], embedder: str, limit: int, experts: int
 ) -> list[tuple[TaskMatch, TaskRecord | None, TaskExperts]]:
     """The `limit` nearest tasks, each with its record, its expert count and its `experts` best experts."""
     from transferkit.registry import TaskExperts
 
-    matches = store.nearest_tasks(vector, embedder, limit=limit)
+    matches = registry.nearest_tasks(vector, embedder, limit=limit)
     names = [m.task_name for m in matches]
-    tasks = {t.name: t for t in store.list_tasks(names)}
-    groups = store.best_experts_per_task(names, experts)
+    tasks = {t.name: t for t in registry.list_tasks(names)}
+    groups = registry.best_experts_per_task(names, experts)
     return [(m, tasks.get(m.task_name), groups.get(m.task_name, TaskExperts(m.task_name, 0, []))) for m in matches]
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from transferkit.cli.common import ArtifactsOption, RegistryOption, err, global_options, open_store
+from transferkit.cli.common import ArtifactsOption, RegistryOption, err, global_options, registry_from
 from transferkit.errors import InvalidInputError
 
 
@@ -26,7 +26,7 @@ def serve_command(
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more concurrent requests.")] = 10.0,
     precision: Annotated[str, typer.Option(help="fp32, or bf16: the frozen backbone's weights held in bf16.")] = "fp32",
     model: Annotated[Optional[str], typer.Option("--model", help="Backbone (default: the one each expert was trained on).")] = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     artifacts: ArtifactsOption = None,
 ) -> None:
     """Serve predictions over HTTP: POST /predict {"expert": NAME, "inputs": [...]}, GET /health (OpenAPI docs at /docs)."""
@@ -39,8 +39,8 @@ def serve_command(
     if not 1 <= port <= 65535:
         raise InvalidInputError(f"--port must be between 1 and 65535, got {port}")
     is_loopback(host)  # an IP address or localhost: binding never looks a name up
-    store = open_store(global_options(ctx, registry, None, artifacts))
-    records = {name: store.get_expert(name) for name in experts}  # every name resolves before anything loads
+    registry = registry_from(global_options(ctx, registry_url, None, artifacts))
+    records = {name: registry.get_expert(name) for name in experts}  # every name resolves before anything loads
     sock = bind(host, port)  # a taken port is one line now, before the experts load
 
     from transferkit.inference import load_predictor
@@ -49,7 +49,7 @@ def serve_command(
     loaded = {}
     for record in records.values():
         if record.id not in loaded:
-            loaded[record.id] = load_predictor(store, record, model=model, precision=precision)  # verifies every sha256
+            loaded[record.id] = load_predictor(registry, record, model=model, precision=precision)  # verifies every sha256
             err.print(f"loaded {record.name} ({record.id}, {record.task_name}): artifact sha256 {record.artifact_sha256} verified",
                       markup=False, highlight=False, soft_wrap=True)
     app = create_app(list(loaded.values()), limits, names={name: loaded[record.id] for name, record in records.items()})

@@ -13,9 +13,9 @@ from transferkit.cli.common import (
     RegistryOption,
     check_data_dir,
     global_options,
-    open_store,
     out,
     print_json,
+    registry_from,
 )
 
 task_app = typer.Typer(help="Custom tasks from your own CSV/TSV/JSONL/Parquet/text files.", no_args_is_help=True)
@@ -27,12 +27,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(task_app, name="task")
 
 
-def tasks_command(ctx: typer.Context, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
+def tasks_command(ctx: typer.Context, registry_url: RegistryOption = None, as_json: JsonOption = False) -> None:
     """List the task catalog and the custom tasks in the registry."""
     from transferkit.task_registry import registered_tasks
     from transferkit.tasks import list_tasks
 
-    specs = [*list_tasks(), *registered_tasks(open_store(global_options(ctx, registry, None)))]
+    specs = [*list_tasks(), *registered_tasks(registry_from(global_options(ctx, registry_url, None)))]
     if as_json:
         print_json([s.to_dict() for s in specs])
         return
@@ -50,16 +50,16 @@ def add_command(
     ctx: typer.Context,
     spec: Annotated[Path, typer.Argument(help="TOML task spec (see the README, 'Your own tasks').")],
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite a different task of the same name that has no experts.")] = False,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Check a custom task spec and every row of its files, then register it."""
     from transferkit.task_registry import add_task
 
-    options = global_options(ctx, registry, data_dir)
+    options = global_options(ctx, registry_url, data_dir)
     check_data_dir(options.data_dir)
-    added = add_task(open_store(options), spec, options.data_dir, replace=replace)
+    added = add_task(registry_from(options), spec, options.data_dir, replace=replace)
     if as_json:
         print_json({"status": added.status, "task": added.task.to_dict()})
         return
@@ -72,13 +72,13 @@ def add_command(
 def show_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Task name (catalog or registered custom task).")],
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Everything known about one task: its definition and, for custom tasks, its files and their sha256."""
     from transferkit.task_registry import resolve_registered_task
 
-    task = resolve_registered_task(open_store(global_options(ctx, registry, None)), name)
+    task = resolve_registered_task(registry_from(global_options(ctx, registry_url, None)), name)
     if as_json:
         print_json(task.to_dict())
         return

@@ -24,7 +24,7 @@ def ui_command(
         typer.Option(envvar=TOKEN_ENV, show_default=False,
                      help=f"Token every page asks for (Bearer header or the sign-in form); required off this machine. Env: {TOKEN_ENV}."),
     ] = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     artifacts: ArtifactsOption = None,
 ) -> None:
     """Browse the registry in a web browser: experts, lineage, tasks, compare grids, cost and runs (read-only)."""
@@ -32,13 +32,13 @@ def ui_command(
     from transferkit.webserver import bind, serve
 
     check_bind(host, token)
-    options = global_options(ctx, registry, None, artifacts)
+    options = global_options(ctx, registry_url, None, artifacts)
     sock = bind(host, port)  # before anything slow: a taken port is one line at once
     try:
         from transferkit.api import Registry
         from transferkit.ui.app import create_app
 
-        with Registry(options.registry, artifacts=options.artifacts, read_only=True) as browsed:
+        with Registry(options.registry_url, artifacts=options.artifacts, read_only=True) as browsed:
             app = create_app(browsed, token)
             shown = f"[{host}]" if ":" in host else host
             err.print(f"transferkit ui: http://{shown}:{port}/ ({app.state.registry_label}, read-only"

@@ -20,9 +20,9 @@ from transferkit.cli.common import (
     check_data_dir,
     err,
     global_options,
-    open_store,
     out,
     print_json,
+    registry_from,
 )
 from transferkit.errors import InvalidInputError
 
@@ -61,7 +61,7 @@ def predict_command(
     batch_size: BatchOption = 64,
     precision: PredictPrecision = "fp32",
     model: PredictModel = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
@@ -82,9 +82,9 @@ def predict_command(
         raise InvalidInputError("--column maps the columns of an --input file")
     if sum([as_json, jsonl, output is not None]) > 1:
         raise InvalidInputError("choose one of --json, --jsonl and --output")
-    store = open_store(global_options(ctx, registry, None, artifacts))
-    record = store.get_expert(expert)  # before reading stdin: an unknown expert is reported without waiting for input
-    predictor = load_predictor(store, record, model=model, precision=precision)
+    registry = registry_from(global_options(ctx, registry_url, None, artifacts))
+    record = registry.get_expert(expert)  # before reading stdin: an unknown expert is reported without waiting for input
+    predictor = load_predictor(registry, record, model=model, precision=precision)
     fields = predictor.inputs.input_fields
     if input_file is not None:
         rows = file_inputs(input_file, predictor.inputs, _column_map(column))
@@ -193,7 +193,7 @@ def evaluate_command(
     batch_size: BatchOption = 64,
     precision: PredictPrecision = "fp32",
     model: PredictModel = None,
-    registry: RegistryOption = None,
+    registry_url: RegistryOption = None,
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = None,
     as_json: JsonOption = False,
@@ -203,7 +203,7 @@ def evaluate_command(
     from transferkit.evaluation import EvaluationJob, evaluate_expert, parse_label_map
     from transferkit.inference import load_predictor
 
-    options = global_options(ctx, registry, data_dir, artifacts)
+    options = global_options(ctx, registry_url, data_dir, artifacts)
     check_data_dir(options.data_dir)
     path = Path(task)
     is_file = path.suffix.lower() in OUTPUT_SUFFIXES and path.is_file()
@@ -212,9 +212,9 @@ def evaluate_command(
         seed=seed, data_dir=options.data_dir, batch_size=batch_size, columns=_column_map(column), label_column=label_column,
         show_progress=not quiet, command=["transferkit", *sys.argv[1:]],
     )
-    store = open_store(options)
-    record = store.get_expert(expert)
-    evaluation = evaluate_expert(store, load_predictor(store, record, model=model, precision=precision), job)
+    registry = registry_from(options)
+    record = registry.get_expert(expert)
+    evaluation = evaluate_expert(registry, load_predictor(registry, record, model=model, precision=precision), job)
     if as_json:
         print_json(evaluation.to_dict())
         return

@@ -19,7 +19,9 @@ from transferkit.registry.entities import (
     TaskMatch,
     TaskRecord,
 )
-from transferkit.registry.store import ExpertReader, RegistryStore, SqlAlchemyStore, open_registry
+from transferkit.registry.abstract_store import ExpertReader, RegistryStore
+from transferkit.registry.connection import open_registry
+from transferkit.registry.sql_store import SqlAlchemyStore
 
 __all__ = [
     "RUN_STATUSES",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import abc
 import math
 import uuid
-from dataclasses import fields
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from transferkit.errors import InvalidInputError, NotFoundError
 from transferkit.registry.entities import EvaluationRecord, ExpertRecord
+from transferkit.registry.mapping import to_entity
 from transferkit.registry.rows import EvaluationRow, ExpertRow
 
 SPLITS = ("dev", "test", "file")
@@ -67,7 +67,7 @@ class SqlEvaluations(EvaluationStore):
                 raise NotFoundError(f"no expert has the id {expert_id!r}; it may have been deleted")
             session.add(row)
             session.flush()
-            return _record(row)
+            return to_entity(EvaluationRecord, row)
 
     def list_evaluations(self, *, expert_id: str | None = None, task_name: str | None = None) -> list[EvaluationRecord]:
         query = select(EvaluationRow).order_by(EvaluationRow.created_at.desc(), EvaluationRow.id.desc())
@@ -76,7 +76,7 @@ class SqlEvaluations(EvaluationStore):
         if task_name is not None:
             query = query.where(EvaluationRow.task_name == task_name)
         with self._transaction() as session:
-            return [_record(row) for row in session.scalars(query)]
+            return [to_entity(EvaluationRecord, row) for row in session.scalars(query)]
 
     def count_evaluations(self, expert_ids: Collection[str]) -> dict[str, int]:
         ids = list(expert_ids)
@@ -104,16 +104,7 @@ class SqlEvaluations(EvaluationStore):
             .limit(limit)
         )
         with self._transaction() as session:
-            return [(_expert(expert), _record(evaluation)) for expert, evaluation in session.execute(query)]
-
-
-def _expert(row: ExpertRow) -> ExpertRecord:
-    return ExpertRecord(**{f.name: getattr(row, f.name) for f in fields(ExpertRecord)})
-
-
-def _record(row: EvaluationRow) -> EvaluationRecord:
-    return EvaluationRecord(
-        id=row.id, expert_id=row.expert_id, task_name=row.task_name, split=row.split, metric=row.metric, score=row.score,
-        metrics=row.metrics, interval=row.interval, examples=row.examples, data_fingerprint=row.data_fingerprint,
-        details=row.details, created_at=row.created_at,
-    )
+            return [
+                (to_entity(ExpertRecord, expert), to_entity(EvaluationRecord, evaluation))
+                for expert, evaluation in session.execute(query)
+            ]

@@ -17,6 +17,8 @@ import psutil
 
 from transferkit.registry.entities import RunRecord
 
+# A running run silent for longer than this (no heartbeat) counts as abandoned when its process cannot be checked.
+DEFAULT_MAX_SILENCE = timedelta(hours=24)
 # A process created this much after the run's last sign of life is a different process reusing the pid.
 _CLOCK_SLACK = timedelta(seconds=2)
 

@@ -6,7 +6,7 @@ Task embeddings are stored as float32 little-endian bytes (compact and fast to r
 by the 100k; entities still see a list of floats). `tasks.revision` and the
 `registry_counters` table let search caches fetch only what changed (migration 0002).
 Run cost is split into typed columns (queryable, e.g. total device-seconds) plus
-`cost_extra` JSON for everything else; the store merges them back into one dict.
+`cost_extra` JSON for everything else; `transferkit.registry.mapping` merges them back into one dict.
 """
 
 from __future__ import annotations

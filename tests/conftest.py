@@ -143,6 +143,16 @@ def tiny_backbone(tiny_model_dir):
     return _fresh_backbone(tiny_model_dir)
 
 
+@pytest.fixture
+def registry(tmp_path):
+    """A new, empty SQLite registry in the test's own folder (test modules needing more override it)."""
+    from transferkit.registry import open_registry
+
+    store = open_registry(f"sqlite:///{tmp_path}/r.db")
+    yield store
+    store.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 Llama (a causal LM) with random weights and a small byte-level BPE tokenizer.

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import transferkit.registry.store as store_module
+import transferkit.registry.engines as engines
 from transferkit.cli.app import main
 from transferkit.training import interrupt
 from transferkit.training.cost import CostMeter
@@ -59,7 +59,7 @@ def _commands(arguments: list[str]) -> list[list[str]]:
 if __name__ == "__main__":
     if "TK_TEST_LOCK_SECONDS" in os.environ:
         seconds = float(os.environ["TK_TEST_LOCK_SECONDS"])
-        store_module.SQLITE_BUSY_TIMEOUT_MS, store_module.WRITE_RETRY_SECONDS = int(seconds * 500), seconds / 2
+        engines.SQLITE_BUSY_TIMEOUT_MS, engines.WRITE_RETRY_SECONDS = int(seconds * 500), seconds / 2
     commands = _commands(sys.argv[1:])
     code = "an exception escaped main()"
     try:

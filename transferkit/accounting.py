@@ -46,7 +46,7 @@ from transferkit.errors import InvalidInputError, RegistryError
 from transferkit.registry.entities import ExpertRecord, LineageEdge, RunRecord
 
 if TYPE_CHECKING:
-    from transferkit.registry.store import RegistryStore
+    from transferkit.registry.abstract_store import RegistryStore
 
 COST_FIELDS = ("wall_seconds", "device_seconds", "gpu_hours", "energy_joules", "train_flops", "money")
 AMORTIZING_ROLES = ("source", "init", "merge-source")

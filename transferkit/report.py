@@ -34,7 +34,7 @@ from transferkit.insights import EMA_ALPHA, cosine_matrix, dev_curve, loss_curve
 from transferkit.registry.entities import ExpertRecord, TaskRecord
 
 if TYPE_CHECKING:
-    from transferkit.registry.store import RegistryStore
+    from transferkit.registry.abstract_store import RegistryStore
 
 PAGE_SIZE = 500
 DPI = 100

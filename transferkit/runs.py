@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from transferkit.registry import RegistryStore, RunRecord
-from transferkit.registry.liveness import abandonment
-from transferkit.registry.store import DEFAULT_MAX_SILENCE
+from transferkit.registry.liveness import DEFAULT_MAX_SILENCE, abandonment
 from transferkit.training.checkpoint import StoredCheckpoint, list_checkpoints
 from transferkit.training.interrupt import how_to_resume
 

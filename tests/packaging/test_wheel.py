@@ -30,7 +30,7 @@ def test_wheel_maps_folders_into_one_namespace(wheel):
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"transferkit"}
     for required in (
-        "transferkit/registry/store.py",
+        "transferkit/registry/sql_store.py",
         "transferkit/cli/app.py",
         "transferkit/migrations/env.py",
         "transferkit/migrations/script.py.mako",

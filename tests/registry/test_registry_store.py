@@ -11,7 +11,7 @@ import torch
 from conftest import execute_sql
 from sqlalchemy.exc import IntegrityError
 
-import transferkit.registry.store as store_module
+import transferkit.registry.sql_store as sql_store
 from transferkit.errors import InvalidInputError, NotFoundError
 from transferkit.registry import LineageEdge, TaskRecord, open_registry
 
@@ -154,7 +154,7 @@ def test_not_found_suggests_close_names(store, register):
 
 def test_ambiguous_prefix_lists_candidates(store, register, monkeypatch):
     ids = iter(["run000000001", "abcd00000001", "run000000002", "abcd00000002"])
-    monkeypatch.setattr(store_module, "_new_id", lambda: next(ids))
+    monkeypatch.setattr(sql_store, "_new_id", lambda: next(ids))
     register("one"), register("two")
     with pytest.raises(InvalidInputError, match="abcd00000001.*abcd00000002"):
         store.get_expert("abcd")

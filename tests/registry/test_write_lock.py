@@ -7,14 +7,14 @@ import threading
 
 import pytest
 
-import transferkit.registry.store as store_module
+import transferkit.registry.engines as engines
 from transferkit.errors import RegistryError
 from transferkit.registry import open_registry
 
 
 @pytest.fixture
 def short_busy_timeout(monkeypatch):
-    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_MS", 50)  # read when each connection opens
+    monkeypatch.setattr(engines, "SQLITE_BUSY_TIMEOUT_MS", 50)  # read when each connection opens
 
 
 def _hold_write_lock(db) -> sqlite3.Connection:
@@ -38,7 +38,7 @@ def test_write_retries_until_another_writer_lets_go(tmp_path, short_busy_timeout
 
 
 def test_a_lock_held_past_the_retry_window_is_one_clear_error(tmp_path, short_busy_timeout, monkeypatch):
-    monkeypatch.setattr(store_module, "WRITE_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(engines, "WRITE_RETRY_SECONDS", 0.3)
     store = open_registry(f"sqlite:///{tmp_path}/r.db")
     holder = _hold_write_lock(tmp_path / "r.db")
     try:

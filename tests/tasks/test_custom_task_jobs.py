@@ -8,7 +8,6 @@ import pytest
 
 from transferkit.composition.transfer import TransferJob, transfer
 from transferkit.errors import DataError, InvalidInputError, NotFoundError
-from transferkit.registry import open_registry
 from transferkit.task_registry import add_task, registered_tasks, resolve_registered_task
 from transferkit.training.loop import TrainingConfig
 from transferkit.workflows import SourceJob, train_source
@@ -16,11 +15,6 @@ from transferkit.workflows import SourceJob, train_source
 from test_custom_tasks import REVIEWS, write_csv, write_spec
 
 TINY_BUDGET = dict(max_steps=3, batch_size=4, eval_every=3, seed=1)
-
-
-@pytest.fixture
-def registry(tmp_path):
-    return open_registry(f"sqlite:///{tmp_path}/r.db")
 
 
 def test_add_resolve_and_re_add(registry, tmp_path):

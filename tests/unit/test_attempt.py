@@ -11,7 +11,6 @@ from transferkit.composition.attempt import AttemptConfig, AttemptExpert
 from transferkit.composition.transfer import TransferJob, transfer
 from transferkit.errors import InvalidInputError
 from transferkit.modeling import TaskModel
-from transferkit.registry import open_registry
 from transferkit.reproduce import reproduce
 from transferkit.tasks import compute_metrics, load_splits, resolve_task
 from transferkit.training.data import tokenize_examples
@@ -71,13 +70,6 @@ def test_mismatched_prompt_shapes_are_refused(tiny_backbone):
         AttemptExpert(AttemptConfig(), tiny_backbone, [*source_prompts(tiny_backbone, 1, 4), *source_prompts(tiny_backbone, 1, 5)])
     with pytest.raises(InvalidInputError, match="temperature"):
         AttemptConfig.from_options(["temperature=0"])
-
-
-@pytest.fixture
-def registry(tmp_path):
-    store = open_registry(f"sqlite:///{tmp_path}/r.db")
-    yield store
-    store.close()
 
 
 def _source(registry, tiny_model_dir, shared_data, task: str, method: str, options: list[str]):

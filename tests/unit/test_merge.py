@@ -13,7 +13,6 @@ from transferkit.composition.transfer import TransferJob, build_mixture, transfe
 from transferkit.errors import InvalidInputError
 from transferkit.methods import get_method
 from transferkit.modeling import TaskModel
-from transferkit.registry import open_registry
 from transferkit.task_prompt import TaskPrompt, description_prompt
 from transferkit.training.loop import TrainingConfig
 from transferkit.workflows import SourceJob, load_expert_model, train_source
@@ -76,13 +75,6 @@ def test_task_level_gate_is_the_same_for_every_input_and_learns(tiny_backbone):
     model(**inputs).sum().backward()
     assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in mixture.gates.values())
     model.detach()
-
-
-@pytest.fixture
-def registry(tmp_path):
-    store = open_registry(f"sqlite:///{tmp_path}/r.db")
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -10,17 +10,9 @@ import pytest
 from transferkit.composition.compare import Grid, GridBudget, run_grid
 from transferkit.composition.transfer import TransferJob, transfer
 from transferkit.errors import IncompatibleBackboneError, InvalidInputError
-from transferkit.registry import open_registry
 from transferkit.reproduce import JOB_FIELD_DEFAULTS, JOB_FIELDS, rebuild_job, reproduce
 from transferkit.training.loop import TrainingConfig
 from transferkit.workflows import SourceJob, train_source
-
-
-@pytest.fixture
-def registry(tmp_path):
-    store = open_registry(f"sqlite:///{tmp_path}/r.db")
-    yield store
-    store.close()
 
 
 @pytest.fixture

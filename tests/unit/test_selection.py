@@ -10,7 +10,7 @@ import torch
 import transferkit.composition.selection as selection
 from transferkit.composition.selection import MAX_SOURCES, TaskQuery, select_sources
 from transferkit.errors import NotFoundError
-from transferkit.registry import TaskRecord, open_registry
+from transferkit.registry import TaskRecord
 
 EMBEDDER = "unit-embedder"
 TARGET = "glue/rte"
@@ -18,15 +18,14 @@ QUERY = TaskQuery(np.array([1.0, 0, 0]))  # a description embedding only: ranks 
 
 
 @pytest.fixture
-def registry(tmp_path, monkeypatch):
+def registry(registry, monkeypatch):
+    """The shared empty registry (tests/conftest.py) with six tasks embedded by EMBEDDER."""
     monkeypatch.setattr(selection, "embedder_id", lambda: EMBEDDER)
-    store = open_registry(f"sqlite:///{tmp_path}/r.db")
     vectors = {TARGET: [1, 0, 0], "glue/mnli": [0.9, 0.1, 0], "glue/qnli": [0.5, 0.5, 0], "glue/sst2": [0, 0, 1],
                "glue/qqp": [0.5, 0.5, 0], "glue/cola": [0.8, 0.2, 0]}
     for name, vector in vectors.items():
-        store.upsert_task(TaskRecord(name, name, {}, [float(x) for x in vector], EMBEDDER))
-    yield store
-    store.close()
+        registry.upsert_task(TaskRecord(name, name, {}, [float(x) for x in vector], EMBEDDER))
+    return registry
 
 
 def add(store, name, task, method="lora", dev=0.5, backbone="bb", kind="train-source"):

@@ -16,8 +16,7 @@ from transferkit.api import Registry
 from transferkit.errors import ArtifactCorruptError
 from transferkit.insights import cosine_matrix, dev_curve, loss_curve, unit_embeddings
 from transferkit.registry import RUN_STATUSES, ExpertRecord
-from transferkit.registry.liveness import abandonment, describe_duration, last_sign_of_life
-from transferkit.registry.store import DEFAULT_MAX_SILENCE
+from transferkit.registry.liveness import DEFAULT_MAX_SILENCE, abandonment, describe_duration, last_sign_of_life
 from transferkit.ui import svg
 from transferkit.ui.graph import lineage_svg
 
