@@ -1,4 +1,5 @@
-# One command each: `make demo` (set up + train a small expert + list/inspect/predict), `make test` (set up + all tests).
+# One command each: `make demo` (set up + train a small expert + list/inspect/predict), `make test` (set up + all tests),
+# `make docs` (set up + build the documentation site into site/, strict: a broken link or API reference fails).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ export TRANSFERKIT_DATA_DIR ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: demo test test-slow setup setup-dev clean
+.PHONY: demo test test-slow docs setup setup-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +38,9 @@ test-slow: setup-dev
 	$(BIN)/pip install --quiet -e '.[test,gguf]'
 	$(BIN)/pytest -q -m slow
 
+docs: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[docs]'
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site

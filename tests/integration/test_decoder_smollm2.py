@@ -3,7 +3,7 @@
 LoRA experts train on it for real sentiment data (small slices of SentEval CR, MPQA and MR,
 registered as custom tasks) and compose in `transfer`. Slow (the model takes about half a
 minute to load and trains at about 1.5 examples/s on 2 cores), so marked `slow` and
-deselected by default; run with `make test-slow` (README, "Decoder backbones").
+deselected by default; run with `make test-slow` (docs/concepts.md, "Decoder backbones").
 """
 
 from __future__ import annotations

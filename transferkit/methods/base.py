@@ -263,7 +263,7 @@ class ExpertStack(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def merge(self, weights: dict[str, torch.Tensor], backbone: Backbone) -> ExpertModule:
-        """One expert of the stacked method whose change to each module equals sum_j weights[module][j] * delta_j.
+        """One expert of the stacked method whose change to each module equals `sum_j weights[module][j] * delta_j`.
 
         `weights` maps every module name to (J,) fixed weights (zero = source unused); exact up to float rounding.
         """
