@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from transferkit.composition.mixture import SourceMixture, layer_of
-from transferkit.composition.transfer import build_mixture
+from transferkit.composition.pemt import build_mixture
 from transferkit.errors import InvalidInputError
 from transferkit.methods import get_method
 from transferkit.modeling import TaskModel

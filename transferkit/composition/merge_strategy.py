@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from transferkit.backbone import Backbone
-from transferkit.composition.merge import FixedExperts
+from transferkit.composition.fixed import FixedExperts
 from transferkit.composition.merging import COMBINES, DROPPING, merge_lora_entrywise, module_shapes
 from transferkit.composition.plugins import (
     Lineage,
@@ -206,7 +206,19 @@ def rebuild(reader: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_
     return TaskModel(backbone, target, num_outputs, task_prompt=prompt, composition=FixedExperts(merged))
 
 
-STRATEGY = Strategy(
-    name="merge", config_class=MergeConfig, source_methods=frozenset(MERGEABLE), stored_method=MERGE_METHOD,
-    prepare=prepare, rebuild=rebuild, summary="training-free merge of the sources (linear, ties, dare_linear, dare_ties)",
-)
+class MergeStrategy(Strategy):
+    name = "merge"
+    summary = "training-free merge of the sources (linear, ties, dare_linear, dare_ties)"
+    config_class = MergeConfig
+    source_methods = frozenset(MERGEABLE)
+    stored_methods = (MERGE_METHOD,)
+
+    def prepare(self, ctx: StrategyContext, config: MethodConfig) -> Prepared:
+        return prepare(ctx, config)
+
+    def rebuild(self, reader: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_outputs: int,
+                prompt: TaskPrompt | None) -> TaskModel:
+        return rebuild(reader, expert, backbone, num_outputs, prompt)
+
+
+STRATEGY = MergeStrategy()

@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 
-import transferkit
 from transferkit.backbone import (
     PACKAGED_MODEL_ID,
     Backbone,
@@ -49,14 +48,16 @@ from transferkit.backbone import (
     public_model_name,
 )
 from transferkit.errors import IncompatibleBackboneError, InvalidInputError, NotFoundError
+from transferkit.experts import artifact_metadata, expert_name, read_expert
 from transferkit.interop.output import write_new_folder
 from transferkit.interop.staging import TASK_PROMPT_TENSOR, StagedExperts, check_expert
 from transferkit.interop.untrusted import DEFAULT_LIMITS, ImportLimits, load_safetensors, parse_json, read_folder_files
 from transferkit.modeling import EXPERT_PREFIX, HEAD_PREFIX
 from transferkit.provenance import code_version, package_versions
 from transferkit.registry import ExpertRecord, RegistryStore, TaskRecord
+from transferkit.task_registry import ensure_task_record
 from transferkit.tasks import TaskSpec, resolve_task
-from transferkit.workflows import artifact_metadata, ensure_task_record, expert_name, read_expert
+from transferkit.version import __version__
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -155,7 +156,7 @@ def export_peft(registry: RegistryStore, expert: ExpertRecord, backbone: Backbon
     task = registry.get_task(expert.task_name)
     side = {
         "format": SIDE_FORMAT,
-        "transferkit": transferkit.__version__,
+        "transferkit": __version__,
         "expert": {key: value for key, value in expert.to_dict().items() if key not in ("artifact_uri", "extra")},
         "task": task.to_dict() if task is not None else {"name": expert.task_name},
         "label_names": expert.extra.get("label_names"),
@@ -272,7 +273,7 @@ tags: [transferkit, {PEFT_TYPES[expert.method].lower().replace("_", "-")}]
 ---
 # {expert.name}: a transferkit {expert.method} expert for {expert.task_name}
 
-Exported by transferkit {transferkit.__version__} from expert `{expert.id}` (task: {task.get("description", "?")};
+Exported by transferkit {__version__} from expert `{expert.id}` (task: {task.get("description", "?")};
 labels: {", ".join(labels) if labels else "regression" if side["recipe"]["num_outputs"] == 1 else "-"}).
 Backbone: `{base}` at revision `{config.revision}`, weights sha256 `{backbone.fingerprint.weights_sha256[:16]}…`.
 

@@ -38,4 +38,12 @@ def get_method(name: str) -> MethodType:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "ExpertModule", "ExpertStack", "MethodConfig", "MethodType", "get_method"]
+def method_of_module(module: ExpertModule) -> MethodType:
+    """The registered method whose module class `module` is."""
+    for method in METHODS.values():
+        if type(module) is method.module_class:
+            return method
+    raise NotFoundError(f"{type(module).__name__} is not the module of a registered method")
+
+
+__all__ = ["METHODS", "DEFAULT_METHOD", "ExpertModule", "ExpertStack", "MethodConfig", "MethodType", "get_method", "method_of_module"]
