@@ -134,7 +134,7 @@ class AttemptExpert(ExpertModule):
 def build_attempt(sources: list[ExpertModule], config: AttemptConfig, backbone: Backbone) -> AttemptExpert:
     prompts = []
     for source in sources:
-        prompt = source.export_tensors().get("prompt")
+        prompt = source.lent_prompt()
         if prompt is None:
             raise InvalidInputError("attempt's sources must be prompt experts; pass --sources trained with --method prompt")
         prompts.append(prompt)

@@ -136,10 +136,7 @@ def merge_sources(modules: list[ExpertModule], method: str, recipe: Recipe, back
         stack = get_method(method).stack(modules)
         if not any(w != 0 for w in recipe.weights):  # (a search may find that no source helps) one that changes nothing
             merged = stack.merge({name: torch.eye(len(modules))[0] for name in stack.module_names}, backbone)
-            with torch.no_grad():
-                for name, parameter in merged.named_parameters():
-                    if name.endswith(("lora_B", "up.weight", "up.bias")):
-                        parameter.zero_()
+            merged.silence()
             return merged, {"exact": True, "no_change": True}
         weights = {name: torch.tensor(recipe.weights, dtype=torch.float32) for name in stack.module_names}
         return stack.merge(weights, backbone), {"exact": True}
