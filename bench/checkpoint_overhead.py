@@ -23,7 +23,8 @@ from transferkit.methods import get_method
 from transferkit.tasks import load_splits, resolve_task
 from transferkit.training.checkpoint import Checkpointer, list_checkpoints
 from transferkit.training.loop import TrainingConfig, train
-from transferkit.workflows import build_task_model, tokenize_splits
+from transferkit.training.run import tokenize_splits
+from transferkit.workflows import build_task_model
 
 
 class TimedCheckpointer(Checkpointer):

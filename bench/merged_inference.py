@@ -24,8 +24,9 @@ import torch
 from transfer_scaling import synthetic_experts
 
 from transferkit.backbone import load_backbone
-from transferkit.composition.merge import FixedExperts, fixed_weights
-from transferkit.composition.transfer import build_mixture
+from transferkit.composition.fixed import FixedExperts
+from transferkit.composition.merge import fixed_weights
+from transferkit.composition.pemt import build_mixture
 from transferkit.methods import get_method
 from transferkit.modeling import TaskModel
 from transferkit.task_prompt import TaskPrompt, description_prompt

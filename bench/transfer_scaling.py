@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from transferkit.backbone import load_backbone
-from transferkit.composition.transfer import build_mixture
+from transferkit.composition.pemt import build_mixture
 from transferkit.methods import get_method
 from transferkit.modeling import TaskModel
 from transferkit.task_prompt import TaskPrompt, description_prompt

@@ -16,44 +16,40 @@ from rich.table import Table
 
 from transferkit.cli.common import (
     DEFAULT_SPARSITY_WEIGHT,
-    ArtifactsOption,
-    BatchSizeOption,
-    CheckpointEveryOption,
-    DataDirOption,
-    EpochsOption,
-    HeadInitOption,
-    PatienceOption,
-    EvalEveryOption,
-    GlobalOptions,
-    HeadLrOption,
-    JsonOption,
-    LrOption,
-    MaxLengthOption,
-    MaxStepsOption,
-    MaxTrainOption,
-    MethodOptions,
-    ModelOption,
-    PrecisionOption,
-    PromptLrOption,
-    QuietOption,
-    RegistryOption,
-    ResumeOption,
-    SeedOption,
     SparsityWeightOption,
+    ArtifactsOption,
+    DataDirOption,
+    HeadInitOption,
+    GlobalOptions,
+    JsonOption,
+    MethodOptions,
+    RegistryOption,
     TaskFileOption,
-    TaskPromptOption,
     ZeroExpertOption,
-    check_data_dir,
     err,
     global_options,
     mib,
+    registry_from,
     out,
     primary_value,
     print_json,
-    registry_from,
+)
+from transferkit.cli.compare import compare_command
+from transferkit.cli.options import (
+    OUTPUT,
+    RUN,
+    STORE,
+    TRAINING,
+    TRANSFER_TRAINING,
+    OutputOptions,
+    RunOptions,
+    StoreOptions,
+    TrainingOptions,
+    job_options,
+    store_options,
+    with_options,
 )
 from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted, TransferkitError
-from transferkit.training.checkpoint import DEFAULT_CHECKPOINT_EVERY
 from transferkit.training.interrupt import ImmediateStop
 
 app = typer.Typer(
@@ -118,6 +114,7 @@ def methods_command(
 
 
 @app.command("train-source")
+@with_options(training=TRAINING, run=RUN, locations=STORE, output=OUTPUT)
 def train_source_command(
     ctx: typer.Context,
     task: Annotated[
@@ -126,65 +123,23 @@ def train_source_command(
     task_file: TaskFileOption = None,
     method: Annotated[str, typer.Option(help="Expert method (see `transferkit methods`).")] = "lora",
     method_option: MethodOptions = None,
-    model: ModelOption = None,
-    max_steps: MaxStepsOption = None,
-    epochs: EpochsOption = None,
-    patience: PatienceOption = None,
-    batch_size: BatchSizeOption = 32,
-    lr: LrOption = None,
-    head_lr: HeadLrOption = 1e-2,
-    max_length: MaxLengthOption = 128,
-    seed: SeedOption = 42,
-    eval_every: EvalEveryOption = None,
-    precision: PrecisionOption = "fp32",
-    max_train_examples: MaxTrainOption = None,
-    task_prompt_length: TaskPromptOption = 8,
+    training: TrainingOptions = None,
     name: Annotated[Optional[str], typer.Option(help="Expert name (default: <task>-<method>, made unique).")] = None,
-    resume: ResumeOption = False,
-    checkpoint_every: CheckpointEveryOption = DEFAULT_CHECKPOINT_EVERY,
-    registry_url: RegistryOption = None,
-    data_dir: DataDirOption = None,
-    artifacts: ArtifactsOption = None,
-    as_json: JsonOption = False,
-    quiet: QuietOption = False,
+    run: RunOptions = None,
+    locations: StoreOptions = None,
+    output: OutputOptions = None,
 ) -> None:
     """Train a source expert for a catalog or custom task and store it in the registry."""
-    from transferkit.training.loop import TrainingConfig
     from transferkit.workflows import SourceJob, train_source
 
-    options = global_options(ctx, registry_url, data_dir, artifacts)
-    check_data_dir(options.data_dir)
-    training = TrainingConfig(
-        max_steps=max_steps,
-        epochs=epochs,
-        patience=patience,
-        batch_size=batch_size,
-        head_lr=head_lr,
-        max_length=max_length,
-        seed=seed,
-        eval_every=eval_every,
-        precision=precision,  # type: ignore[arg-type]
-    )
+    options = store_options(ctx, locations)
     job = SourceJob(
-        task=task,
-        task_file=task_file,
-        method=method,
-        method_options=method_option or [],
-        model=model,
-        data_dir=options.data_dir,
-        name=name,
-        lr=lr,
-        training=training,
-        max_train_examples=max_train_examples,
-        task_prompt_length=task_prompt_length,
-        show_progress=not quiet,
-        command=["transferkit", *sys.argv[1:]],
-        resume=resume,
-        checkpoint_every=checkpoint_every,
+        task=task, task_file=task_file, method=method, method_options=method_option or [], name=name,
+        **job_options(training, run, output, options),
     )
     registry = registry_from(options)
     expert = train_source(registry, job)
-    if as_json:
+    if output.as_json:
         from transferkit.inspection import expert_details
 
         print_json(expert_details(registry, expert, verify=False))
@@ -201,6 +156,7 @@ def _print_expert_summary(expert) -> None:
 
 
 @app.command("transfer")
+@with_options(training=TRANSFER_TRAINING, run=RUN, locations=STORE, output=OUTPUT)
 def transfer_command(
     ctx: typer.Context,
     target: Annotated[
@@ -237,51 +193,25 @@ def transfer_command(
                           "for spot, the method of the source to pick. merge, lorahub and arrow take -O target=... instead."),
     ] = None,
     method_option: MethodOptions = None,
-    model: ModelOption = None,
-    max_steps: MaxStepsOption = None,
-    epochs: EpochsOption = None,
-    patience: PatienceOption = None,
-    batch_size: BatchSizeOption = 32,
-    lr: LrOption = None,
-    head_lr: HeadLrOption = 1e-2,
-    prompt_lr: PromptLrOption = 2e-3,
-    max_length: MaxLengthOption = 128,
-    seed: SeedOption = 42,
-    eval_every: EvalEveryOption = None,
-    precision: PrecisionOption = "fp32",
-    max_train_examples: MaxTrainOption = None,
-    task_prompt_length: TaskPromptOption = 8,
+    training: TrainingOptions = None,
     name: Annotated[Optional[str], typer.Option(help="Expert name (default: <task>-<strategy>, made unique).")] = None,
-    resume: ResumeOption = False,
-    checkpoint_every: CheckpointEveryOption = DEFAULT_CHECKPOINT_EVERY,
-    registry_url: RegistryOption = None,
-    data_dir: DataDirOption = None,
-    artifacts: ArtifactsOption = None,
-    as_json: JsonOption = False,
-    quiet: QuietOption = False,
+    run: RunOptions = None,
+    locations: StoreOptions = None,
+    output: OutputOptions = None,
 ) -> None:
     """Compose registry experts into a new expert for a target task."""
     from transferkit.composition.transfer import TransferJob, transfer
-    from transferkit.training.loop import TrainingConfig
 
-    options = global_options(ctx, registry_url, data_dir, artifacts)
-    check_data_dir(options.data_dir)
-    training = TrainingConfig(
-        max_steps=max_steps, epochs=epochs, patience=patience, batch_size=batch_size, head_lr=head_lr, prompt_lr=prompt_lr,
-        max_length=max_length, seed=seed, eval_every=eval_every, precision=precision,  # type: ignore[arg-type]
-    )
+    options = store_options(ctx, locations)
     job = TransferJob(
         target=target, strategy=strategy, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
         top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight, gate_input=gate_input,
         zero_expert=zero_expert, head_init=head_init, gate_init=gate_init, method=method,
-        method_options=method_option or [], model=model, data_dir=options.data_dir, task_file=task_file, name=name, lr=lr,
-        training=training,
-        max_train_examples=max_train_examples, task_prompt_length=task_prompt_length, show_progress=not quiet,
-        command=["transferkit", *sys.argv[1:]], resume=resume, checkpoint_every=checkpoint_every,
+        method_options=method_option or [], task_file=task_file, name=name, **job_options(training, run, output, options),
     )
     registry = registry_from(options)
     outcome = transfer(registry, job)
-    if as_json:
+    if output.as_json:
         from transferkit.inspection import expert_details
 
         print_json(expert_details(registry, outcome.expert, verify=False))
@@ -299,136 +229,8 @@ def transfer_command(
     _print_expert_summary(outcome.expert)
 
 
-def _csv(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-@app.command("compare")
-def compare_command(
-    ctx: typer.Context,
-    targets: Annotated[str, typer.Option(help="Comma-separated target tasks.")] = "rte,cb,mrpc,stsb,cola",
-    strategies: Annotated[
-        Optional[str], typer.Option(help="Comma-separated strategies (default scratch,spot,average,pemt; also attempt, merge, "
-                                         "lorahub, arrow).", show_default=False)
-    ] = None,
-    methods: Annotated[
-        Optional[str],
-        typer.Option(help="Compare source methods instead: comma-separated methods trained with train-source on each target "
-                          "(e.g. prompt,ept,mept,prefix,lora,adapter)."),
-    ] = None,
-    seeds: Annotated[
-        str, typer.Option(help="Comma-separated seeds; each also re-splits a small task's official validation set into dev/test.")
-    ] = "1,2,3,4,5",
-    grid: Annotated[str, typer.Option(help="Name of the grid; cells are stored as <grid>-<target>-<strategy>-s<seed>.")] = "compare",
-    sources: Annotated[Optional[str], typer.Option(help="Comma-separated source experts (default: chosen per target).")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Keep the k most similar sources.")] = None,
-    route_top_k: Annotated[Optional[int], typer.Option(help="Experts active per example and layer.")] = None,
-    sparsity_weight: SparsityWeightOption = DEFAULT_SPARSITY_WEIGHT,
-    zero_expert: ZeroExpertOption = None,
-    head_init: HeadInitOption = "auto",
-    max_steps: MaxStepsOption = None,
-    epochs: EpochsOption = None,
-    patience: PatienceOption = None,
-    batch_size: BatchSizeOption = 32,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
-    prompt_lr: PromptLrOption = 2e-3,
-    model: Annotated[Optional[str], typer.Option(help="Backbone (must match the sources').")] = None,
-    render_only: Annotated[bool, typer.Option("--render-only", help="Only print the table from stored cells.")] = False,
-    registry_url: RegistryOption = None,
-    data_dir: DataDirOption = None,
-    artifacts: ArtifactsOption = None,
-    as_json: JsonOption = False,
-    quiet: QuietOption = False,
-) -> None:
-    """Run (or resume) the transfer grid, or with --methods the method grid, and print the official test metric per cell: mean over seeds, 95% interval, paired difference to scratch."""
-    from transferkit.composition.compare import Grid, GridBudget, collect, run_grid
-
-    options = global_options(ctx, registry_url, data_dir, artifacts)
-    check_data_dir(options.data_dir)
-    try:
-        seed_values = [int(s) for s in _csv(seeds)]
-    except ValueError:
-        raise TransferkitError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
-    budget = GridBudget(
-        max_steps=max_steps, epochs=epochs, patience=patience, batch_size=batch_size, precision=precision, prompt_lr=prompt_lr
-    )
-    if methods is not None:
-        if strategies is not None or sources is not None:
-            raise TransferkitError("--methods compares source methods; drop --strategies and --sources")
-        _compare_methods(options, grid, _csv(targets), _csv(methods), seed_values, budget, model, render_only, as_json, quiet)
-        return
-    spec = Grid(
-        name=grid, targets=_csv(targets), strategies=_csv(strategies or "scratch,spot,average,pemt"), seeds=seed_values,
-        budget=budget, sources=_csv(sources) if sources else None, top_k=top_k, route_top_k=route_top_k,
-        sparsity_weight=sparsity_weight, zero_expert=zero_expert, head_init=head_init,
-    )
-    registry = registry_from(options)
-    if not render_only:
-        run_grid(registry, spec, options.data_dir, model, show_progress=not quiet)
-    rows = collect(registry, spec)
-    if as_json:
-        print_json(rows)
-        return
-    table = Table(
-        title=f"transfer grid {grid}: test metric x 100, mean over seeds [95% interval over seeds and test examples]; "
-              "vs scratch: paired difference [95% interval] wins/losses (an interval containing 0 is a tie)"
-    )
-    for column in ("target", "metric", "strategy", "score", "vs scratch", "seeds", "wall s (max)", "TFLOPs", "top gates"):
-        table.add_column(column)
-    for row in rows:
-        flops = "-" if row["train_flops"] is None else f"{row['train_flops'] / 1e12:.2f}"
-        table.add_row(row["target"], row["metric"], row["strategy"], _score_cell(row), _versus_cell(row["versus_scratch"]),
-                      str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", flops, _gates_cell(row))
-    out.print(table)
-
-
-def _score_cell(row: dict) -> str:
-    interval = row["interval"]
-    if interval is None:  # cells stored before per-example test outputs were kept
-        return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} (std)"
-    return f"{100 * interval['mean']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
-
-
-def _versus_cell(versus: dict | None) -> str:
-    if versus is None:
-        return "-"
-    verdict = "tie" if versus["low"] <= 0 <= versus["high"] else ("better" if versus["low"] > 0 else "worse")
-    return (f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] "
-            f"{versus['wins']}W/{versus['losses']}L {verdict}")
-
-
-def _gates_cell(row: dict) -> str:
-    gates = ", ".join(f"{g['source']} {g['weight']:.2f}" for g in row["top_gates"])
-    if row.get("zero_expert_gate") is not None:
-        gates += f"; none {row['zero_expert_gate']:.2f}"
-    return gates or "-"
-
-
-def _compare_methods(
-    options: GlobalOptions, grid: str, tasks: list[str], methods: list[str], seeds: list[int], budget, model: str | None,
-    render_only: bool, as_json: bool, quiet: bool,
-) -> None:
-    from transferkit.composition.compare import MethodGrid, collect_methods, run_method_grid
-
-    spec = MethodGrid(name=grid, tasks=tasks, methods=methods, seeds=seeds, budget=budget)
-    registry = registry_from(options)
-    if not render_only:
-        run_method_grid(registry, spec, options.data_dir, model, show_progress=not quiet)
-    rows = collect_methods(registry, spec)
-    if as_json:
-        print_json(rows)
-        return
-    table = Table(title=f"method grid {grid}: test metric, mean ± std over seeds")
-    for column in ("task", "metric", "method", "score", "seeds", "trainable params", "train ex/s", "peak memory", "wall s"):
-        table.add_column(column)
-    for row in rows:
-        rate = row["train_examples_per_second"]
-        table.add_row(
-            row["task"], row["metric"], row["method"], f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}", str(row["seeds"]),
-            f"{row['trainable_params']:,}", "-" if rate is None else f"{rate:.1f}", mib(row["peak_memory_bytes"]),
-            f"{row['wall_seconds']:.0f}",
-        )
-    out.print(table)
+# Defined in transferkit.cli.compare; registered here to keep its place in `--help`.
+app.command("compare")(compare_command)
 
 
 @app.command("inspect")

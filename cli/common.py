@@ -72,7 +72,7 @@ ZeroExpertOption = Annotated[
                  help="pemt: let the gate also choose an expert that changes nothing, so a target unlike every source "
                       "can use none of them (default: on for pemt).", show_default=False),
 ]
-# The library's default (composition.transfer.DEFAULT_SPARSITY_WEIGHT), repeated here so that `--help` needs no torch.
+# The library's default (composition.options.DEFAULT_SPARSITY_WEIGHT), repeated here so that `--help` needs no torch.
 DEFAULT_SPARSITY_WEIGHT = 0.0
 SparsityWeightOption = Annotated[
     float,

@@ -9,17 +9,14 @@ import typer
 from rich.table import Table
 
 from transferkit.cli.common import (
-    ArtifactsOption,
-    DataDirOption,
     JsonOption,
-    QuietOption,
     RegistryOption,
-    check_data_dir,
     global_options,
+    registry_from,
     out,
     print_json,
-    registry_from,
 )
+from transferkit.cli.options import OUTPUT, STORE, OutputOptions, StoreOptions, store_options, with_options
 from transferkit.errors import InvalidInputError
 
 ExpertArgument = Annotated[str, typer.Argument(help="Expert id, id prefix or name.")]
@@ -63,15 +60,13 @@ def lineage_command(
         out.print(graph.tree())
 
 
+@with_options(locations=STORE, output=OUTPUT)
 def reproduce_command(
     ctx: typer.Context,
     expert: ExpertArgument,
     name: Annotated[Optional[str], typer.Option(help="Name of the reproduction (default: <expert>-repro, made unique).")] = None,
-    registry_url: RegistryOption = None,
-    data_dir: DataDirOption = None,
-    artifacts: ArtifactsOption = None,
-    as_json: JsonOption = False,
-    quiet: QuietOption = False,
+    locations: StoreOptions = None,
+    output: OutputOptions = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted or failed reproduction (same --name) from its checkpoint.")
     ] = False,
@@ -79,14 +74,13 @@ def reproduce_command(
     """Re-run the recorded job of an expert (same settings and seed) into the registry and compare its metrics."""
     from transferkit.reproduce import reproduce
 
-    options = global_options(ctx, registry_url, data_dir, artifacts)
-    check_data_dir(options.data_dir)
+    options = store_options(ctx, locations)
     registry = registry_from(options)
     result = reproduce(
         registry, expert, data_dir=options.data_dir, name=name, command=["transferkit", *sys.argv[1:]],
-        show_progress=not quiet, resume=resume,
+        show_progress=not output.quiet, resume=resume,
     )
-    if as_json:
+    if output.as_json:
         print_json(result.to_dict())
         return
     table = Table(title=f"reproduction of {result.original.name} ({result.original.id}) as {result.expert.name} ({result.expert.id})")

@@ -7,17 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from transferkit.cli.common import (
-    ArtifactsOption,
-    DataDirOption,
-    JsonOption,
-    RegistryOption,
-    check_data_dir,
-    global_options,
-    out,
-    print_json,
-    registry_from,
-)
+from transferkit.cli.common import JsonOption, registry_from, out, print_json
+from transferkit.cli.options import STORE, StoreOptions, store_options, with_options
 
 
 def register(app: typer.Typer) -> None:
@@ -25,20 +16,18 @@ def register(app: typer.Typer) -> None:
     app.command("merge")(merge_command)
 
 
+@with_options(locations=STORE)
 def merge_command(
     ctx: typer.Context,
     expert: Annotated[str, typer.Argument(help="A pemt (trained with --gate-input task) or average expert: id, id prefix or name.")],
     name: Annotated[Optional[str], typer.Option(help="Name of the merged expert (default: <expert>-merged).")] = None,
-    registry_url: RegistryOption = None,
-    data_dir: DataDirOption = None,
-    artifacts: ArtifactsOption = None,
+    locations: StoreOptions = None,
     as_json: JsonOption = False,
 ) -> None:
     """Merge a mixture's sources into one expert of their method; checks its outputs against the mixture on dev."""
     from transferkit.composition.merge import merge_expert
 
-    options = global_options(ctx, registry_url, data_dir, artifacts)
-    check_data_dir(options.data_dir)
+    options = store_options(ctx, locations)
     registry = registry_from(options)
     merged, difference = merge_expert(
         registry, expert, data_dir=options.data_dir, name=name, command=["transferkit", *sys.argv[1:]]

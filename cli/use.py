@@ -13,17 +13,16 @@ from rich.table import Table
 
 from transferkit.cli.common import (
     ArtifactsOption,
-    DataDirOption,
     JsonOption,
     QuietOption,
     RegistryOption,
-    check_data_dir,
     err,
     global_options,
+    registry_from,
     out,
     print_json,
-    registry_from,
 )
+from transferkit.cli.options import OUTPUT, STORE, OutputOptions, StoreOptions, store_options, with_options
 from transferkit.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -179,6 +178,7 @@ def _write(path: Path, records: list[dict]) -> None:
     write_new_file(path, data)
 
 
+@with_options(locations=STORE, output=OUTPUT)
 def evaluate_command(
     ctx: typer.Context,
     expert: ExpertArgument,
@@ -193,29 +193,25 @@ def evaluate_command(
     batch_size: BatchOption = 64,
     precision: PredictPrecision = "fp32",
     model: PredictModel = None,
-    registry_url: RegistryOption = None,
-    data_dir: DataDirOption = None,
-    artifacts: ArtifactsOption = None,
-    as_json: JsonOption = False,
-    quiet: QuietOption = False,
+    locations: StoreOptions = None,
+    output: OutputOptions = None,
 ) -> None:
     """Score an expert on a task's split or a labelled file: official metrics with a 95% interval, stored on the expert."""
     from transferkit.evaluation import EvaluationJob, evaluate_expert, parse_label_map
     from transferkit.inference import load_predictor
 
-    options = global_options(ctx, registry_url, data_dir, artifacts)
-    check_data_dir(options.data_dir)
+    options = store_options(ctx, locations)
     path = Path(task)
     is_file = path.suffix.lower() in OUTPUT_SUFFIXES and path.is_file()
     job = EvaluationJob(
         task=None if is_file else task, data_file=path if is_file else None, split=split, label_map=parse_label_map(label_map),
         seed=seed, data_dir=options.data_dir, batch_size=batch_size, columns=_column_map(column), label_column=label_column,
-        show_progress=not quiet, command=["transferkit", *sys.argv[1:]],
+        show_progress=not output.quiet, command=["transferkit", *sys.argv[1:]],
     )
     registry = registry_from(options)
     record = registry.get_expert(expert)
     evaluation = evaluate_expert(registry, load_predictor(registry, record, model=model, precision=precision), job)
-    if as_json:
+    if output.as_json:
         print_json(evaluation.to_dict())
         return
     interval = evaluation.interval or {}

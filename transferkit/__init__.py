@@ -7,13 +7,9 @@ read-only commands (`transferkit list`, `inspect`) start fast.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("transferkit")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from transferkit.version import __version__
 
 if TYPE_CHECKING:
     from transferkit.api import Deletion, EvaluationRecord, Expert, ExpertCuration, ExpertModel, Prediction, Registry

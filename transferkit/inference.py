@@ -31,7 +31,7 @@ from transferkit.tasks import Example
 from transferkit.tasks.custom import table_rows
 from transferkit.training.data import TokenizedSplit, tokenize_examples
 from transferkit.training.loop import predict_outputs, stderr_progress
-from transferkit.workflows import load_expert_model
+from transferkit.rebuild import load_expert_model
 
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 64

@@ -7,14 +7,14 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import transferkit
+from transferkit.version import __version__
 
 _KEY_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy", "sqlalchemy", "alembic")
 
 
 def git_commit() -> str | None:
     """Commit of the source tree transferkit runs from, when it is a git checkout (editable installs)."""
-    source = Path(transferkit.__file__).resolve().parent
+    source = Path(__file__).resolve().parent
     try:
         result = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
@@ -30,7 +30,7 @@ def git_commit() -> str | None:
 
 
 def code_version() -> dict:
-    return {"transferkit": transferkit.__version__, "git_commit": git_commit()}
+    return {"transferkit": __version__, "git_commit": git_commit()}
 
 
 def package_versions() -> dict:

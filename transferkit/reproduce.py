@@ -22,7 +22,8 @@ from transferkit.composition.transfer import TransferJob, transfer
 from transferkit.errors import IncompatibleBackboneError, InvalidInputError, NotFoundError
 from transferkit.registry import ExpertRecord, RegistryStore, RunRecord
 from transferkit.training.loop import TrainingConfig
-from transferkit.workflows import SourceJob, expert_name, train_source
+from transferkit.experts import expert_name
+from transferkit.workflows import SourceJob, train_source
 
 REPRODUCES_ROLE = "reproduces"
 _COMMON_FIELDS = ("method_options", "model", "lr", "training", "max_train_examples", "task_prompt_length")

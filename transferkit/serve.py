@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-import transferkit
+from transferkit.version import __version__
 from transferkit.errors import InvalidInputError, TransferkitError
 from transferkit.inference import ExpertModel, Prediction
 from transferkit.tasks import Example
@@ -149,7 +149,7 @@ def create_app(models: Sequence[ExpertModel], limits: ServeLimits = ServeLimits(
             worker.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="transferkit", version=transferkit.__version__, lifespan=lifespan,
+    app = FastAPI(title="transferkit", version=__version__, lifespan=lifespan,
                   summary="Predictions from parameter-efficient experts of a transferkit registry.")
 
     @app.get("/health")

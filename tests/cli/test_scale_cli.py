@@ -11,7 +11,7 @@ from cli_helpers import assert_one_line_error, run_cli
 
 from transferkit.registry import open_registry
 from transferkit.tasks import list_tasks
-from transferkit.workflows import ensure_task_record
+from transferkit.task_registry import ensure_task_record
 
 pytestmark = pytest.mark.real
 

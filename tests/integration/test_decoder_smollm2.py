@@ -21,7 +21,8 @@ from transferkit.task_registry import add_task, resolve_registered_task
 from transferkit.tasks import compute_metrics, load_splits
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
-from transferkit.workflows import SourceJob, load_expert_model, train_source
+from transferkit.rebuild import load_expert_model
+from transferkit.workflows import SourceJob, train_source
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
 

@@ -16,7 +16,9 @@ from transferkit.modeling import TaskModel, mean_pool
 from transferkit.registry import open_registry
 from transferkit.tasks import load_splits, resolve_task
 from transferkit.training.loop import TrainingConfig
-from transferkit.workflows import SourceJob, load_expert_model, load_method_expert, train_source
+from transferkit.experts import load_method_expert
+from transferkit.rebuild import load_expert_model
+from transferkit.workflows import SourceJob, train_source
 
 pytestmark = pytest.mark.real
 

@@ -11,7 +11,8 @@ from transferkit.registry import open_registry
 from transferkit.tasks import load_splits, resolve_task
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
-from transferkit.workflows import SourceJob, load_expert_model, train_source
+from transferkit.rebuild import load_expert_model
+from transferkit.workflows import SourceJob, train_source
 
 pytestmark = pytest.mark.real
 

@@ -11,7 +11,8 @@ from transferkit.backbone import load_backbone
 from transferkit.composition.transfer import TransferJob, transfer
 from transferkit.registry import open_registry
 from transferkit.training.loop import TrainingConfig
-from transferkit.workflows import SourceJob, load_expert_model, train_source
+from transferkit.rebuild import load_expert_model
+from transferkit.workflows import SourceJob, train_source
 
 from cli_helpers import assert_one_line_error, run_cli, run_cli_in_process
 
@@ -92,7 +93,7 @@ def test_head_init_copies_the_mapped_source_rows(registry_url, sources, shared_d
     from transferkit.methods import get_method
     from transferkit.modeling import TaskModel
     from transferkit.tasks import resolve_task
-    from transferkit.workflows import load_source_parts
+    from transferkit.experts import load_source_parts
 
     registry, backbone = open_registry(registry_url), load_backbone(None)
     parts = [load_source_parts(registry, source, backbone) for source in sources]

@@ -14,7 +14,7 @@ from transferkit.backbone import load_backbone
 from transferkit.errors import InvalidInputError, OutputError
 from transferkit.interop import export_expert, import_path
 from transferkit.registry import open_registry
-from transferkit.workflows import load_expert_model
+from transferkit.rebuild import load_expert_model
 
 PAIRS = (["a good film", "the plot is thin and the acting worse"], ["it is fine", "no"])
 

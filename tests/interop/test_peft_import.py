@@ -16,7 +16,8 @@ from transferkit.errors import IncompatibleBackboneError, InvalidInputError, Not
 from transferkit.interop import import_path
 from transferkit.modeling import TaskModel, mean_pool
 from transferkit.registry import open_registry
-from transferkit.workflows import load_expert_model, load_method_expert
+from transferkit.experts import load_method_expert
+from transferkit.rebuild import load_expert_model
 
 SENTENCES = ["a good film", "the plot is thin and the acting is worse"]
 

@@ -47,6 +47,24 @@ def test_wheel_maps_folders_into_one_namespace(wheel):
     assert "transferkit = transferkit.cli.app:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+# Source folder -> where its files land in the wheel (pyproject.toml's package-dir).
+INSTALLED_AS = {"transferkit": "transferkit", "registry": "transferkit/registry", "cli": "transferkit/cli",
+                "alembic": "transferkit/migrations"}
+
+
+def test_wheel_holds_every_module_of_the_source_tree(wheel):
+    """Packages are discovered, not listed: a new folder (a method, a subpackage) ships without any edit elsewhere."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        f"{installed}/{path.relative_to(REPO / folder).as_posix()}"
+        for folder, installed in INSTALLED_AS.items()
+        for path in (REPO / folder).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert len(expected) > 100
+    assert sorted(expected - names) == []
+
+
 def test_registry_migrates_from_the_unpacked_wheel(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -25,7 +25,8 @@ from transferkit.methods import get_method
 from transferkit.modeling import TaskModel
 from transferkit.registry import LocalArtifactStore, open_registry
 from transferkit.registry.migrate import alembic_config, head_revision
-from transferkit.workflows import ARTIFACT_FORMAT, load_expert_model
+from transferkit.experts import ARTIFACT_FORMAT
+from transferkit.rebuild import load_expert_model
 
 BASE = ScriptDirectory.from_config(alembic_config()).get_base()
 STAMP = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime in SQLite

@@ -15,7 +15,8 @@ from transferkit.reproduce import reproduce
 from transferkit.tasks import compute_metrics, load_splits, resolve_task
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
-from transferkit.workflows import SourceJob, load_expert_model, train_source
+from transferkit.rebuild import load_expert_model
+from transferkit.workflows import SourceJob, train_source
 
 from test_composition import batch
 

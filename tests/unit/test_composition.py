@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from transferkit.composition.mixture import SourceMixture, layer_of
-from transferkit.composition.transfer import build_mixture
+from transferkit.composition.pemt import build_mixture
 from transferkit.errors import InvalidInputError
 from transferkit.methods import get_method
 from transferkit.modeling import TaskModel
@@ -265,7 +265,7 @@ def test_zero_expert_prior_outside_the_open_unit_interval_is_refused(tiny_backbo
 def test_the_cli_states_the_librarys_default_sparsity_weight():
     from transferkit.cli.common import DEFAULT_SPARSITY_WEIGHT as shown
     from transferkit.composition.compare import Grid
-    from transferkit.composition.transfer import DEFAULT_SPARSITY_WEIGHT, TransferJob
+    from transferkit.composition.options import DEFAULT_SPARSITY_WEIGHT, TransferJob
 
     grid = Grid(name="g", targets=["glue/rte"], strategies=["pemt"], seeds=[1])
     assert shown == DEFAULT_SPARSITY_WEIGHT == TransferJob(target="glue/rte").sparsity_weight == grid.sparsity_weight

@@ -17,7 +17,8 @@ from transferkit.task_prompt import TaskPrompt, description_prompt
 from transferkit.tasks import Example, compute_metrics, load_splits, resolve_task
 from transferkit.training.data import PAIR_SEPARATOR, tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
-from transferkit.workflows import SourceJob, load_expert_model, train_source
+from transferkit.rebuild import load_expert_model
+from transferkit.workflows import SourceJob, train_source
 
 from cli_helpers import run_cli
 from test_composition import random_experts
@@ -114,7 +115,7 @@ def test_pairs_are_joined_for_a_tokenizer_without_a_pair_separator(tiny_llama, t
 
 def test_mixture_gate_reads_the_task_prompt_before_the_text(tiny_llama):
     """On a causal LM the prompt cannot see the text, so the gate is one per task, the same for every example."""
-    from transferkit.composition.transfer import build_mixture
+    from transferkit.composition.pemt import build_mixture
 
     sources = random_experts(tiny_llama, "lora", 3)
     mixture = build_mixture(sources, tiny_llama, None, learn_gate=True)

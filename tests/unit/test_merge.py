@@ -8,14 +8,17 @@ import json
 import pytest
 import torch
 
-from transferkit.composition.merge import FixedExperts, merge_expert
-from transferkit.composition.transfer import TransferJob, build_mixture, transfer
+from transferkit.composition.fixed import FixedExperts
+from transferkit.composition.merge import merge_expert
+from transferkit.composition.pemt import build_mixture
+from transferkit.composition.transfer import TransferJob, transfer
 from transferkit.errors import InvalidInputError
 from transferkit.methods import get_method
 from transferkit.modeling import TaskModel
 from transferkit.task_prompt import TaskPrompt, description_prompt
 from transferkit.training.loop import TrainingConfig
-from transferkit.workflows import SourceJob, load_expert_model, train_source
+from transferkit.rebuild import load_expert_model
+from transferkit.workflows import SourceJob, train_source
 
 from cli_helpers import assert_one_line_error, run_cli
 from test_composition import TOY, batch, random_experts

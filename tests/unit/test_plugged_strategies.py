@@ -8,7 +8,7 @@ import torch
 
 from transferkit.backbone import load_backbone
 from transferkit.composition.arrow import ArrowRouter, top_right_singular_vectors
-from transferkit.composition.merge import FixedExperts
+from transferkit.composition.fixed import FixedExperts
 from transferkit.composition.transfer import TransferJob, transfer
 from transferkit.errors import InvalidInputError
 from transferkit.methods.lora.stack import LoraStack
@@ -17,7 +17,9 @@ from transferkit.reproduce import reproduce
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
 from transferkit.tasks import load_splits, resolve_task
-from transferkit.workflows import SourceJob, load_expert_model, load_method_expert, train_source
+from transferkit.experts import load_method_expert
+from transferkit.rebuild import load_expert_model
+from transferkit.workflows import SourceJob, train_source
 
 from cli_helpers import assert_one_line_error, run_cli
 

@@ -151,7 +151,7 @@ def test_cost_meter_measures_cpu_work():
 def test_every_trainable_parameter_gets_a_gradient(tiny_backbone, method):
     """DDP (multi-process training) runs without searching for unused parameters: every step must reach them all,
     with a task prompt correlated with source prompts and, for mixable methods, a top-1 routed source mixture."""
-    from transferkit.composition.transfer import build_mixture
+    from transferkit.composition.pemt import build_mixture
     from transferkit.methods import METHODS
     from transferkit.task_prompt import TaskPrompt, description_prompt
 

@@ -46,6 +46,7 @@ from transferkit.composition.plugins import (
     rebuild_target,
 )
 from transferkit.errors import InvalidInputError
+from transferkit.experts import load_method_expert
 from transferkit.methods import MethodConfig
 from transferkit.methods.base import option
 from transferkit.methods.lora.stack import LoraStack
@@ -54,7 +55,6 @@ from transferkit.registry import ExpertReader, ExpertRecord
 from transferkit.task_prompt import TaskPrompt
 from transferkit.tasks import Example
 from transferkit.training.data import collate, sequential_batches, tokenize_examples
-from transferkit.workflows import load_method_expert
 
 ARROW_METHOD = "arrow"
 DEFAULT_TOP_K = 2
@@ -225,10 +225,22 @@ def rebuild(reader: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_
     return TaskModel(backbone, target, num_outputs, task_prompt=prompt, composition=router)
 
 
-STRATEGY = Strategy(
-    name="arrow", config_class=ArrowConfig, source_methods=frozenset({"lora"}), stored_method=ARROW_METHOD,
-    prepare=prepare, rebuild=rebuild, summary="Arrow: per-token top-k routing by the sources' top singular vectors",
-)
+class ArrowStrategy(Strategy):
+    name = "arrow"
+    summary = "Arrow: per-token top-k routing by the sources' top singular vectors"
+    config_class = ArrowConfig
+    source_methods = frozenset({"lora"})
+    stored_methods = (ARROW_METHOD,)
+
+    def prepare(self, ctx: StrategyContext, config: MethodConfig) -> Prepared:
+        return prepare(ctx, config)
+
+    def rebuild(self, reader: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_outputs: int,
+                prompt: TaskPrompt | None) -> TaskModel:
+        return rebuild(reader, expert, backbone, num_outputs, prompt)
+
+
+STRATEGY = ArrowStrategy()
 
 
 @torch.no_grad()

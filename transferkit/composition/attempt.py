@@ -27,10 +27,16 @@ import torch
 from torch import nn
 
 from transferkit.backbone import Backbone
+from transferkit.composition.options import TransferJob
+from transferkit.composition.plugins import Lineage, Prepared, Strategy, StrategyContext, check_composition_config, predict_dev
 from transferkit.errors import InvalidInputError
+from transferkit.experts import load_method_expert
 from transferkit.methods.base import ExpertModule, MethodConfig, option
 from transferkit.methods.prompt.config import PromptConfig
 from transferkit.methods.prompt.model import initial_prompt
+from transferkit.modeling import TaskModel
+from transferkit.registry import ExpertReader, ExpertRecord
+from transferkit.task_prompt import TaskPrompt
 
 ATTEMPT_METHOD = "attempt"
 
@@ -123,3 +129,74 @@ class AttemptExpert(ExpertModule):
             for part in ("down", "up", "norm"):
                 module = getattr(self, part)
                 module.load_state_dict({k: tensors[f"{part}.{k}"] for k in module.state_dict()})
+
+
+def build_attempt(sources: list[ExpertModule], config: AttemptConfig, backbone: Backbone) -> AttemptExpert:
+    prompts = []
+    for source in sources:
+        prompt = source.lent_prompt()
+        if prompt is None:
+            raise InvalidInputError("attempt's sources must be prompt experts; pass --sources trained with --method prompt")
+        prompts.append(prompt)
+    return AttemptExpert(config, backbone, prompts)
+
+
+def measure_attention(model: TaskModel, ctx: StrategyContext) -> list[float]:
+    """ATTEMPT's mean attention weight per source prompt, then the target prompt, over the dev set."""
+    if not isinstance(model.expert, AttemptExpert):
+        raise TypeError("measure_attention needs an ATTEMPT model")
+    model.expert.start_recording()
+    predict_dev(model, ctx)
+    return model.expert.stop_recording()
+
+
+# A stored attempt expert's config: field -> accepted JSON types.
+_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {"strategy": (str,), "sources": (list,), "target_config": (dict,)}
+
+
+class AttemptStrategy(Strategy):
+    """`transfer --strategy attempt`: ATTEMPT's per-example attention over frozen source prompts plus a new target
+    prompt. Lineage: each source, weight = its mean attention on the dev set."""
+
+    name = "attempt"
+    summary = "ATTEMPT: per-example attention over frozen source prompts plus a new target prompt"
+    config_class = AttemptConfig
+    source_methods = frozenset({"prompt"})
+    stored_methods = (ATTEMPT_METHOD,)
+
+    def validate(self, job: TransferJob) -> None:
+        if job.method is not None:
+            raise InvalidInputError(
+                "attempt trains its own target prompt; drop --method (tune it with -O attention_hidden=N or -O temperature=T)"
+            )
+        self.refuse_gate_options(job)
+
+    def prepare(self, ctx: StrategyContext, config: MethodConfig) -> Prepared:
+        if not isinstance(config, AttemptConfig):
+            raise TypeError("attempt needs an AttemptConfig")
+        expert = build_attempt(ctx.modules(), config, ctx.backbone)
+        # The description prompt is not correlated with the sources here: ATTEMPT's attention does the mixing.
+        model = TaskModel(ctx.backbone, expert, ctx.task.num_labels, ctx.training.precision, ctx.own_prompt())
+        lr = ctx.lr if ctx.lr is not None else AttemptConfig.recommended_lr
+        method_config = {"strategy": self.name, "sources": ctx.source_ids, "target_config": config.to_dict()}
+
+        def finalize(trained: TaskModel) -> tuple[Lineage, dict]:
+            if not ctx.ranking:
+                return [], {}
+            attention = measure_attention(trained, ctx)
+            weights = {"mean": dict(zip(ctx.source_names, attention)), "target": attention[-1], "sources": ctx.source_names}
+            return [(sid, "source", w) for sid, w in zip(ctx.source_ids, attention)], {"gate_weights": weights}
+
+        return Prepared(model, ATTEMPT_METHOD, method_config, lr, finalize)
+
+    def rebuild(self, reader: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_outputs: int,
+                prompt: TaskPrompt | None) -> TaskModel:
+        """A stored attempt expert: its source prompts come from the registry (each verified)."""
+        config = expert.config
+        check_composition_config(ATTEMPT_METHOD, config, expert.name, _CONFIG_FIELDS, {}, ("attempt",))
+        sources = [load_method_expert(reader, reader.get_expert(source_id), backbone)[0] for source_id in config["sources"]]
+        attempt = build_attempt(sources, AttemptConfig.from_dict(config["target_config"]), backbone)
+        return TaskModel(backbone, attempt, num_outputs, task_prompt=prompt)
+
+
+ATTEMPT = AttemptStrategy()

@@ -29,7 +29,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transferkit.composition.transfer import DEFAULT_SPARSITY_WEIGHT, STRATEGIES, TRANSFER_PROMPT_LR, TransferJob, transfer
+from transferkit.composition.options import DEFAULT_SPARSITY_WEIGHT
+from transferkit.composition.strategies import strategy_names
+from transferkit.composition.transfer import TRANSFER_PROMPT_LR, TransferJob, transfer
 from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted
 from transferkit.methods import get_method
 from transferkit.registry import ExpertRecord, RegistryStore
@@ -76,9 +78,9 @@ class Grid:
     head_init: str = "auto"
 
     def validate(self, registry: RegistryStore) -> None:
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        unknown = [s for s in self.strategies if s not in strategy_names()]
         if unknown:
-            raise InvalidInputError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+            raise InvalidInputError(f"unknown strategies {unknown}; choose from {', '.join(strategy_names())}")
         if not self.targets or not self.strategies or not self.seeds:
             raise InvalidInputError("--targets, --strategies and --seeds each need at least one value")
         self.targets = [resolve_registered_task(registry, t).name for t in self.targets]

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from transferkit.composition.compare import Grid, MethodGrid, collect, collect_methods
-from transferkit.composition.transfer import STRATEGIES
+from transferkit.composition.strategies import STRATEGIES
 from transferkit.methods import METHODS
 from transferkit.registry import ExpertRecord, RegistryStore
 

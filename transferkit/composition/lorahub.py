@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from transferkit.backbone import Backbone
-from transferkit.composition.merge_strategy import MERGE_METHOD, MERGEABLE, Recipe, prepare_merged, rebuild
+from transferkit.composition.merge_strategy import MERGEABLE, Recipe, prepare_merged
 from transferkit.composition.plugins import (
     HookedComposition,
     NoExpert,
@@ -244,7 +244,15 @@ def prepare(ctx: StrategyContext, config: MethodConfig) -> Prepared:
     return prepare_merged(ctx, "lorahub", method, recipe, config.target, preparation, search=record)
 
 
-STRATEGY = Strategy(
-    name="lorahub", config_class=LorahubConfig, source_methods=frozenset(MERGEABLE), stored_method=MERGE_METHOD,
-    prepare=prepare, rebuild=rebuild, summary="LoRAHub: gradient-free search of the sources' linear-merge weights",
-)
+class LorahubStrategy(Strategy):
+    name = "lorahub"
+    summary = "LoRAHub: gradient-free search of the sources' linear-merge weights"
+    config_class = LorahubConfig
+    source_methods = frozenset(MERGEABLE)
+    stored_methods = ()  # stored as merge experts: merge_strategy rebuilds them
+
+    def prepare(self, ctx: StrategyContext, config: MethodConfig) -> Prepared:
+        return prepare(ctx, config)
+
+
+STRATEGY = LorahubStrategy()

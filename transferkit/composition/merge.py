@@ -18,53 +18,24 @@ import time
 
 import torch
 
-from transferkit.backbone import Backbone, load_backbone
+from transferkit.backbone import load_backbone
+from transferkit.composition.fixed import MERGED_METHOD, build_merged
 from transferkit.composition.mixture import SourceMixture
 from transferkit.errors import InvalidInputError
-from transferkit.methods import METHODS, ExpertModule, get_method
-from transferkit.modeling import Composition, TaskModel
+from transferkit.experts import artifact_metadata, expert_name
+from transferkit.methods import METHODS
+from transferkit.modeling import TaskModel
 from transferkit.provenance import code_version, package_versions
+from transferkit.rebuild import load_expert_model
 from transferkit.registry import ExpertRecord, RegistryStore
 from transferkit.task_prompt import TaskPrompt
 from transferkit.tasks import compute_metrics, load_splits, resolve_task
 from transferkit.training.data import TokenizedSplit, collate, sequential_batches
-from transferkit.workflows import artifact_metadata, expert_name, load_expert_model, tokenize_splits
+from transferkit.training.run import tokenize_splits
 
-MERGED_METHOD = "merged"
 MERGED_FROM_ROLE = "merged-from"
 # Largest absolute logit difference between the merged model and the mixture that counts as "the same outputs".
 MERGE_TOLERANCE = 1e-3
-
-
-class FixedExperts(Composition):
-    """Already-merged source experts attached ahead of the target's own expert: no gate, no sources."""
-
-    def __init__(self, expert: ExpertModule) -> None:
-        super().__init__()
-        self.expert = expert
-
-    def attach(self, backbone: Backbone, prompt_length: int) -> None:
-        self.expert.attach(backbone)
-
-    def detach(self) -> None:
-        self.expert.detach()
-
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        return None
-
-    def export_tensors(self) -> dict[str, torch.Tensor]:
-        return self.expert.export_tensors()
-
-    def import_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.expert.import_tensors(tensors)
-
-
-def build_merged(config: dict, backbone: Backbone, num_outputs: int, prompt: TaskPrompt | None) -> TaskModel:
-    """Rebuild a stored merged expert from its config (everything else it needs is in its own artifact)."""
-    source_method, target_method = get_method(config["source_method"]), get_method(config["target_method"])
-    merged = source_method.build(source_method.config_class.from_dict(config["source_config"]), backbone)
-    target = target_method.build(target_method.config_class.from_dict(config["target_config"]), backbone)
-    return TaskModel(backbone, target, num_outputs, task_prompt=prompt, composition=FixedExperts(merged))
 
 
 def fixed_weights(model: TaskModel) -> dict[str, torch.Tensor]:

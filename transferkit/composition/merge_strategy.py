@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from transferkit.backbone import Backbone
-from transferkit.composition.merge import FixedExperts
+from transferkit.composition.fixed import FixedExperts
 from transferkit.composition.merging import COMBINES, DROPPING, merge_lora_entrywise, module_shapes
 from transferkit.composition.plugins import (
     Lineage,
@@ -136,10 +136,7 @@ def merge_sources(modules: list[ExpertModule], method: str, recipe: Recipe, back
         stack = get_method(method).stack(modules)
         if not any(w != 0 for w in recipe.weights):  # (a search may find that no source helps) one that changes nothing
             merged = stack.merge({name: torch.eye(len(modules))[0] for name in stack.module_names}, backbone)
-            with torch.no_grad():
-                for name, parameter in merged.named_parameters():
-                    if name.endswith(("lora_B", "up.weight", "up.bias")):
-                        parameter.zero_()
+            merged.silence()
             return merged, {"exact": True, "no_change": True}
         weights = {name: torch.tensor(recipe.weights, dtype=torch.float32) for name in stack.module_names}
         return stack.merge(weights, backbone), {"exact": True}
@@ -206,7 +203,19 @@ def rebuild(reader: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_
     return TaskModel(backbone, target, num_outputs, task_prompt=prompt, composition=FixedExperts(merged))
 
 
-STRATEGY = Strategy(
-    name="merge", config_class=MergeConfig, source_methods=frozenset(MERGEABLE), stored_method=MERGE_METHOD,
-    prepare=prepare, rebuild=rebuild, summary="training-free merge of the sources (linear, ties, dare_linear, dare_ties)",
-)
+class MergeStrategy(Strategy):
+    name = "merge"
+    summary = "training-free merge of the sources (linear, ties, dare_linear, dare_ties)"
+    config_class = MergeConfig
+    source_methods = frozenset(MERGEABLE)
+    stored_methods = (MERGE_METHOD,)
+
+    def prepare(self, ctx: StrategyContext, config: MethodConfig) -> Prepared:
+        return prepare(ctx, config)
+
+    def rebuild(self, reader: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_outputs: int,
+                prompt: TaskPrompt | None) -> TaskModel:
+        return rebuild(reader, expert, backbone, num_outputs, prompt)
+
+
+STRATEGY = MergeStrategy()

@@ -1,9 +1,14 @@
-"""What a transfer strategy written as its own module (merge, lorahub, arrow) is given and returns.
+"""The one interface every transfer strategy implements, and what it is given and returns.
 
-`transfer` selects and loads the sources, builds the target's description prompt and hands both to
-the strategy's `prepare`, which returns the model to train (target head, task prompt and an optional
-small target expert on top of the sources in the strategy's form), the config that rebuilds it, and
-the cost of any work done before training. Registration is one line in `transferkit.composition.strategies`.
+A strategy is a `Strategy` subclass in a module of its own (`pemt`, `single` (spot, scratch), `attempt`,
+`merge_strategy`, `lorahub`, `arrow`), registered with `transferkit.composition.strategies.register_strategy`.
+It says which `-O` options it takes, which stored experts it accepts as sources, which job options it
+refuses, how it builds the model to train (`prepare`), what lineage it records (the `finalize` it returns)
+and how its stored experts are rebuilt from the registry (`rebuild`).
+
+`transfer` validates the job, selects and loads the sources and hands them to the strategy's `prepare` in
+a `StrategyContext`; `prepare` returns the model to train (target head, task prompt and the strategy's
+experts), the config that rebuilds it, and the cost of any work done before training.
 """
 
 from __future__ import annotations
@@ -13,21 +18,24 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar, Literal
 
 import torch
 
 from transferkit.backbone import Backbone
+from transferkit.composition.options import DEFAULT_TARGET_METHOD, TransferJob
 from transferkit.composition.selection import RankedSource
 from transferkit.errors import InvalidInputError
+from transferkit.experts import SourceParts
 from transferkit.methods import ExpertModule, MethodConfig, get_method
 from transferkit.methods.base import option
 from transferkit.modeling import Composition, TaskModel
 from transferkit.registry import ExpertReader, ExpertRecord, RegistryStore
-from transferkit.task_prompt import TaskPrompt
+from transferkit.task_prompt import TaskPrompt, description_prompt
 from transferkit.tasks import TaskSpec, TaskSplits
-from transferkit.training.loop import TrainingConfig
-from transferkit.workflows import SourceParts
+from transferkit.training.data import tokenize_examples
+from transferkit.training.loop import TrainingConfig, predict
 
 # The small target expert trained on top of the composed sources: a method with its default config, or none.
 TARGETS = ("adapter", "lora", "none")
@@ -109,9 +117,21 @@ class StrategyContext:
     ranking: list[RankedSource]
     loaded: list[SourceParts]
     requested_sources: list[str] | None  # --sources as the user gave them (their order), None if chosen automatically
-    prompt: TaskPrompt | None
     training: TrainingConfig
     lr: float | None
+    job: TransferJob
+
+    @cached_property
+    def prompt(self) -> TaskPrompt | None:
+        """The target's description prompt, correlated with the sources' task prompts (built once)."""
+        return self.own_prompt([parts.prompt for parts in self.loaded if parts.prompt is not None])
+
+    def own_prompt(self, source_prompts: list[torch.Tensor] | None = None) -> TaskPrompt | None:
+        """A new description prompt for the target (None with --task-prompt-length 0), correlated with `source_prompts`."""
+        length = self.job.task_prompt_length
+        if length < 1:
+            return None
+        return TaskPrompt(description_prompt(self.task.description, self.backbone, length), source_prompts or [])
 
     @property
     def source_ids(self) -> list[str]:
@@ -159,17 +179,71 @@ class Prepared:
     preparation: dict | None = None  # cost of the work done before training (see `Preparation`)
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """One plugged strategy: its `-O` options, the sources it can take, how it prepares and how its experts reload."""
+Rebuild = Callable[[ExpertReader, ExpertRecord, Backbone, int, "TaskPrompt | None"], TaskModel]
 
-    name: str
-    config_class: type[MethodConfig]
-    source_methods: frozenset[str]
-    stored_method: str
-    prepare: Callable[[StrategyContext, MethodConfig], Prepared]
-    rebuild: Callable[[ExpertReader, ExpertRecord, Backbone, int, TaskPrompt | None], TaskModel]
-    summary: str
+
+class Strategy:
+    """A transfer strategy. Subclass it, set the class attributes, implement `prepare` (and `rebuild` if the
+    strategy stores experts of a kind of its own), and register an instance in `transferkit.composition.strategies`.
+
+    The defaults describe a strategy with `-O` options of its own that takes no `--method` and none of pemt's
+    gate options; override the methods below where a strategy differs.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    # Its `-O KEY=VALUE` options; None: the target method's config (`--method`, default DEFAULT_TARGET_METHOD).
+    config_class: ClassVar[type[MethodConfig] | None] = None
+    # The methods of the stored experts it takes as sources.
+    source_methods: ClassVar[frozenset[str]] = frozenset()
+    # The methods its stored experts are recorded under that only its `rebuild` can load (shared kinds: one owner).
+    stored_methods: ClassVar[tuple[str, ...]] = ()
+    uses_sources: ClassVar[bool] = True  # False: no source selection at all (scratch)
+    max_sources: ClassVar[int | None] = None  # keep at most this many of the ranked sources
+
+    def validate(self, job: TransferJob) -> None:
+        """Refuse job options the strategy does not take, in one line each, before any work is done."""
+        if job.method is not None:
+            raise InvalidInputError(f"{self.name} takes its target expert from -O target=adapter|lora|none; drop --method")
+        self.refuse_gate_options(job)
+
+    def refuse_gate_options(self, job: TransferJob) -> None:
+        """pemt's learned-gate options (--gate-input, --gate-init, --zero-expert) apply to pemt only."""
+        if job.gate_input != "states":
+            raise InvalidInputError("--gate-input applies to pemt's learned gate only; drop it for other strategies")
+        if job.gate_init != "uniform":
+            raise InvalidInputError("--gate-init arrow starts pemt's learned gate (with --gate-input states); drop it for other strategies")
+        if job.zero_expert:
+            raise InvalidInputError("--zero-expert applies to pemt's learned gate only; pass --no-zero-expert for other strategies")
+
+    def options_class(self, job: TransferJob) -> type[MethodConfig]:
+        """The config class the job's `-O` options are parsed into."""
+        return self.config_class or get_method(job.method or DEFAULT_TARGET_METHOD).config_class
+
+    def accepts(self, job: TransferJob) -> frozenset[str]:
+        """Which stored experts (by method) this job can take as sources."""
+        return self.source_methods
+
+    def source_count(self, job: TransferJob) -> int | None:
+        """How many sources to select automatically (None: every compatible one)."""
+        return job.top_k
+
+    def prepare(self, ctx: StrategyContext, config: MethodConfig) -> Prepared:
+        """Build the model to train, the config that rebuilds it and the lineage it records (its `finalize`)."""
+        raise NotImplementedError
+
+    def recorded_method(self, job: TransferJob, method_name: str) -> str | None:
+        """The --method recorded with the job so `reproduce` can run it again (None: the strategy takes none)."""
+        return None
+
+    def auxiliary_weight(self, job: TransferJob) -> float:
+        """Weight of the model's auxiliary loss (pemt's sparsity term) in training."""
+        return 0.0
+
+    def rebuild(self, reader: ExpertReader, expert: ExpertRecord, backbone: Backbone, num_outputs: int,
+                prompt: TaskPrompt | None) -> TaskModel:
+        """A stored expert of one of `stored_methods`, rebuilt on `backbone` (tensors not yet loaded)."""
+        raise NotImplementedError(f"{self.name} stores no experts of a kind of its own")
 
 
 @dataclass
@@ -198,9 +272,33 @@ class Preparation:
         }
 
 
+def predict_dev(model: TaskModel, ctx: StrategyContext) -> None:
+    """Run the trained model over the dev split (eval mode), e.g. to record its gate or attention weights."""
+    split = tokenize_examples(ctx.splits.dev, ctx.backbone.tokenizer, ctx.training.max_length, regression=ctx.task.is_regression)
+    predict(model, split, ctx.training.eval_batch_size, ctx.backbone.tokenizer.pad_token_id, ctx.task)
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def check_composition_config(
+    method: str, config: dict, name: str, required: dict[str, tuple[type, ...]], optional: dict[str, tuple[type, ...]],
+    strategies: tuple[str, ...],
+) -> None:
+    """Refuse a stored composition config that could not be rebuilt (e.g. from an imported bundle); optional fields
+    were added later, so older experts lack them."""
+    if not set(required) <= set(config) <= set(required) | set(optional):
+        raise InvalidInputError(f"{method} expert {name} has config fields {sorted(config)}, expected {sorted(required)}")
+    for key, types in {**required, **optional}.items():
+        value = config.get(key)
+        if key in config and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            raise InvalidInputError(f"{method} expert {name}: config field {key} has the wrong type ({value!r})")
+    if config["strategy"] not in strategies:
+        raise InvalidInputError(f"{method} expert {name}: strategy {config['strategy']!r} is not one of {strategies}")
+    if not config["sources"] or not all(isinstance(source, str) for source in config["sources"]):
+        raise InvalidInputError(f"{method} expert {name}: config field sources must be a non-empty list of expert ids")
 
 
 def check_config(config: dict, required: dict[str, tuple[type, ...]], name: str, method: str) -> None:

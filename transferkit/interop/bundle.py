@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import transferkit
+from transferkit.version import __version__
 from transferkit.backbone import load_backbone
-from transferkit.composition.transfer import MIXTURE_METHOD
+from transferkit.composition.pemt import MIXTURE_METHOD
 from transferkit.errors import InvalidInputError, NotFoundError
 from transferkit.interop.output import write_new_file
 from transferkit.interop.staging import StagedExperts, check_expert
@@ -67,7 +67,7 @@ def export_bundle(registry: RegistryStore, expert: ExpertRecord, out: Path, with
     tasks = {record.task_name: registry.get_task(record.task_name) for record in chosen}
     manifest = {
         "format": BUNDLE_FORMAT,
-        "transferkit": transferkit.__version__,
+        "transferkit": __version__,
         "roots": [expert.id],
         "with_sources": with_sources,
         "tasks": [task.to_dict() for _, task in sorted(tasks.items()) if task is not None],

@@ -10,18 +10,15 @@ Choices, each because it reproduces transferkit's logits exactly rather than app
   loading into `AutoModelForSequenceClassification` would silently give other logits. The head is saved
   as PEFT's `modules_to_save` module `transferkit_head`, under a name no transformers model has, so it
   only loads where the recipe put it.
-- Prompt tuning carries [task-description prompt][method prompt] as its virtual tokens (the same order).
-- LoRA carries the task-description prompt as PEFT trainable tokens: the embeddings of unused vocabulary
-  entries (`[unused0]`, ...), which the recipe puts in front of the input.
-- Prefix tuning: PEFT hands the prefix to BERT as a key/value cache, and BERT then numbers the real tokens
-  from P on; transferkit's prefix numbers them from 0 (unless `position_offset`), so the recipe passes
-  position ids shifted back by P (PEFT adds P to given ids). A prefix expert with a task prompt has no
-  place for the prompt in a prefix adapter and is refused.
+- Each method with a PEFT counterpart maps itself (`transferkit.methods.<method>.peft`, registered as its
+  `MethodType.peft`): prompt tuning carries [task-description prompt][method prompt] as its virtual tokens,
+  LoRA carries the task prompt as PEFT trainable tokens on unused vocabulary entries, prefix tuning shifts
+  position ids back by the prefix length (and refuses a task prompt, which a prefix adapter has no place for).
 - PEFT's prompt-learning forward for FEATURE_EXTRACTION drops `token_type_ids`; the recipe adds the
   token-type embeddings to the input embeddings instead, so sentence pairs come out right.
-Adapters, EPT, MEPT and mixtures have no PEFT counterpart and are refused with the reason.
+Methods without a PEFT counterpart (adapters, EPT, MEPT) and mixtures are refused with the reason.
 
-Import accepts what PEFT saves for prompt tuning, prefix tuning and LoRA (safetensors only: a folder with
+Import accepts what PEFT saves for the mapped methods (prompt tuning, prefix tuning and LoRA) (safetensors only: a folder with
 just a pickled `adapter_model.bin` is refused without being opened). The backbone is the adapter's base
 model at its revision (or `--model`, which must be the same model); tensors are checked against it.
 """
@@ -30,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -40,7 +36,6 @@ from typing import Any
 
 import torch
 
-import transferkit
 from transferkit.backbone import (
     PACKAGED_MODEL_ID,
     Backbone,
@@ -51,45 +46,28 @@ from transferkit.backbone import (
 from transferkit.errors import IncompatibleBackboneError, InvalidInputError, NotFoundError
 from transferkit.interop.output import write_new_folder
 from transferkit.interop.staging import TASK_PROMPT_TENSOR, StagedExperts, check_expert
+from transferkit.experts import artifact_metadata, expert_name, read_expert
 from transferkit.interop.untrusted import DEFAULT_LIMITS, ImportLimits, load_safetensors, parse_json, read_folder_files
+from transferkit.methods import METHODS, MethodType
+from transferkit.methods.peft import HEAD_MODULE, PeftExportInput, PeftImportInput, PeftRecipe, dimensions, require_fit
 from transferkit.modeling import EXPERT_PREFIX, HEAD_PREFIX
 from transferkit.provenance import code_version, package_versions
 from transferkit.registry import ExpertRecord, RegistryStore, TaskRecord
+from transferkit.task_registry import ensure_task_record
 from transferkit.tasks import TaskSpec, resolve_task
-from transferkit.workflows import artifact_metadata, ensure_task_record, expert_name, read_expert
+from transferkit.version import __version__
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 SIDE_FILE = "transferkit.json"
 MODEL_CARD = "README.md"
 SIDE_FORMAT = "transferkit.peft/1"
-HEAD_MODULE = "transferkit_head"
-PEFT_TYPES = {"prompt": "PROMPT_TUNING", "prefix": "PREFIX_TUNING", "lora": "LORA"}
-# Why PEFT cannot hold the other kinds of expert.
-NOT_IN_PEFT = {
-    "adapter": "a bottleneck adapter after every feed-forward block, which PEFT does not implement",
-    "ept": "EPT's low-rank embedding update and gated multi-space projection, which PEFT does not implement",
-    "mept": "MEPT's routed per-layer prompt experts, which PEFT does not implement",
-    "mixture": "a gated mixture of source experts, which a single PEFT adapter cannot hold",
-}
+# Why PEFT cannot hold kinds of expert that are not methods (a method says so itself: `MethodType.not_in_peft`).
+NOT_IN_PEFT = {"mixture": "a gated mixture of source experts, which a single PEFT adapter cannot hold"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Classification heads PEFT saves for SEQ_CLS adapters: they read the CLS pooler, which transferkit's head does not.
 FOREIGN_HEADS = ("classifier", "score")
-_UNUSED_TOKEN = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
 IMPORT_COST = {"cost_note": "imported: trained outside transferkit, so its training cost is unknown"}
-
-
-@dataclass(frozen=True)
-class PeftRecipe:
-    """How to get transferkit's logits from the PEFT model (stored in transferkit.json, read by the model card's code)."""
-
-    head_module: str | None  # modules_to_save module holding the head; None: the expert has no head
-    num_outputs: int | None
-    prepend_token_ids: list[int]  # put in front of the input (LoRA's task prompt as trainable tokens)
-    skip_leading_outputs: int  # leading positions of last_hidden_state that are not real tokens
-    position_shift: int  # pass position_ids = arange(T) - shift (prefix: PEFT adds the prefix length)
-    fold_token_types: bool  # PEFT drops token_type_ids here: add their embeddings to inputs_embeds
-    task_prompt_length: int
 
 
 # The model card's code, run as written by the tests.
@@ -142,20 +120,27 @@ def transferkit_logits(model, recipe, batch):
 # export
 
 
+def peft_methods() -> dict[str, MethodType]:
+    """The registered methods with a PEFT counterpart, by PEFT type."""
+    return {method.peft.peft_type: method for method in METHODS.values() if method.peft is not None}
+
+
 def export_peft(registry: RegistryStore, expert: ExpertRecord, backbone: Backbone, out: Path) -> dict[str, Any]:
     """Write `expert` as a PEFT adapter folder at `out`; refuses experts PEFT cannot represent exactly."""
-    if expert.method not in PEFT_TYPES:
-        reason = NOT_IN_PEFT.get(expert.method, f"the {expert.method} method, which has no PEFT counterpart")
+    method = METHODS.get(expert.method)
+    if method is None or method.peft is None:
+        reason = (method.not_in_peft if method is not None else None) or NOT_IN_PEFT.get(
+            expert.method, f"the {expert.method} method, which has no PEFT counterpart")
         raise InvalidInputError(
             f"expert {expert.name} cannot be exported for PEFT: it is {reason}; "
-            f"PEFT holds {', '.join(PEFT_TYPES)} experts (use --format bundle for this one)"
+            f"PEFT holds {', '.join(m.name for m in peft_methods().values())} experts (use --format bundle for this one)"
         )
     tensors = read_expert(registry, expert, backbone)
-    config, weights, recipe = _to_peft(expert, tensors, backbone)
+    config, weights, recipe = _to_peft(expert, method, tensors, backbone)
     task = registry.get_task(expert.task_name)
     side = {
         "format": SIDE_FORMAT,
-        "transferkit": transferkit.__version__,
+        "transferkit": __version__,
         "expert": {key: value for key, value in expert.to_dict().items() if key not in ("artifact_uri", "extra")},
         "task": task.to_dict() if task is not None else {"name": expert.task_name},
         "label_names": expert.extra.get("label_names"),
@@ -169,20 +154,16 @@ def export_peft(registry: RegistryStore, expert: ExpertRecord, backbone: Backbon
         ADAPTER_WEIGHTS: safetensors.torch.save({k: v.contiguous() for k, v in weights.items()}),
         SIDE_FILE: (json.dumps(side, indent=2, sort_keys=True) + "\n").encode(),
     }
-    files[MODEL_CARD] = _model_card(expert, config, side, backbone).encode()
+    files[MODEL_CARD] = _model_card(expert, method.peft.peft_type, config, side, backbone).encode()
     write_new_folder(out, files)
-    return {"format": "peft", "path": str(out), "peft_type": PEFT_TYPES[expert.method], "files": sorted(files),
+    return {"format": "peft", "path": str(out), "peft_type": method.peft.peft_type, "files": sorted(files),
             "experts": [{"id": expert.id, "name": expert.name}]}
 
 
-def _to_peft(expert: ExpertRecord, tensors: dict[str, torch.Tensor], backbone: Backbone) -> tuple[Any, dict[str, torch.Tensor], PeftRecipe]:
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
-
-    own = {k[len(EXPERT_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXPERT_PREFIX)}
-    task_prompt = tensors.get(TASK_PROMPT_TENSOR)
-    prompt_length = 0 if task_prompt is None else task_prompt.shape[0]
+def _to_peft(expert: ExpertRecord, method: MethodType, tensors: dict[str, torch.Tensor],
+             backbone: Backbone) -> tuple[Any, dict[str, torch.Tensor], PeftRecipe]:
+    """PEFT's config, tensors and the logits recipe: the method's own part from its mapping, then the head."""
     head = {k[len(HEAD_PREFIX + "linear."):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
-    hidden, layers, heads = _dimensions(backbone)
     common = {
         "task_type": "FEATURE_EXTRACTION",
         "base_model_name_or_path": public_model_name(backbone.fingerprint),
@@ -190,68 +171,16 @@ def _to_peft(expert: ExpertRecord, tensors: dict[str, torch.Tensor], backbone: B
         "inference_mode": True,
         "modules_to_save": [HEAD_MODULE] if head else None,
     }
-    shape = {"token_dim": hidden, "num_transformer_submodules": 1, "num_attention_heads": heads, "num_layers": layers}
-    num_outputs = int(head["bias"].shape[0]) if head else None
-    if expert.method == "prompt":
-        virtual = own["prompt"] if task_prompt is None else torch.cat([task_prompt, own["prompt"]])
-        config = PromptTuningConfig(num_virtual_tokens=virtual.shape[0], **shape, **common)
-        weights, head_prefix = {"prompt_embeddings": virtual}, "base_model."
-        recipe = PeftRecipe(HEAD_MODULE if head else None, num_outputs, [], virtual.shape[0], 0, True, prompt_length)
-    elif expert.method == "prefix":
-        if task_prompt is not None:
-            raise InvalidInputError(
-                f"expert {expert.name} cannot be exported for PEFT: a PEFT prefix adapter has no input tokens to carry its "
-                f"{prompt_length}-token task-description prompt; train the prefix expert with --task-prompt-length 0, "
-                "or use --format bundle"
-            )
-        length = expert.config["num_virtual_tokens"]
-        pairs = [torch.stack([own[f"prefix.layer{i}.key"], own[f"prefix.layer{i}.value"]]) for i in range(layers)]
-        # PEFT's layout: per virtual token, layer by layer, key then value (get_prompt's view + permute).
-        prefix = torch.stack(pairs).permute(2, 0, 1, 3).reshape(length, layers * 2 * hidden)
-        config = PrefixTuningConfig(num_virtual_tokens=length, encoder_hidden_size=hidden, prefix_projection=False, **shape, **common)
-        weights, head_prefix = {"prompt_embeddings": prefix}, "base_model."
-        shift = 0 if expert.config.get("position_offset") else length
-        recipe = PeftRecipe(HEAD_MODULE if head else None, num_outputs, [], 0, shift, True, 0)
-    else:
-        modules = sorted({name.rsplit(".lora_", 1)[0] for name in own})
-        weights = {f"base_model.model.{name}": tensor for name, tensor in own.items()}
-        prepend: list[int] = []
-        trainable = None
-        if task_prompt is not None:
-            prepend = unused_token_ids(backbone, prompt_length, expert.name)
-            embedding = input_embedding_name(backbone)
-            weights[f"base_model.model.{embedding}.token_adapter.trainable_tokens_delta"] = task_prompt
-            trainable = {embedding: prepend}
-        config = LoraConfig(
-            r=expert.config["r"], lora_alpha=expert.config["alpha"], lora_dropout=expert.config["dropout"],
-            target_modules=modules, bias="none", trainable_token_indices=trainable, **common,
-        )
-        head_prefix = "base_model.model."
-        recipe = PeftRecipe(HEAD_MODULE if head else None, num_outputs, prepend, len(prepend), 0, False, prompt_length)
+    exported = method.peft.export(PeftExportInput(  # type: ignore[union-attr]
+        name=expert.name, config=expert.config,
+        tensors={k[len(EXPERT_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXPERT_PREFIX)},
+        task_prompt=tensors.get(TASK_PROMPT_TENSOR), head_module=HEAD_MODULE if head else None,
+        num_outputs=int(head["bias"].shape[0]) if head else None, backbone=backbone, common=common,
+    ))
+    weights = dict(exported.weights)
     for key, tensor in head.items():
-        weights[f"{head_prefix}{HEAD_MODULE}.{key}"] = tensor
-    return config, weights, recipe
-
-
-def _dimensions(backbone: Backbone) -> tuple[int, int, int]:
-    config = backbone.model.config
-    return backbone.hidden_size, backbone.fingerprint.num_layers, int(config.num_attention_heads)
-
-
-def unused_token_ids(backbone: Backbone, count: int, name: str) -> list[int]:
-    """Ids of `count` unused vocabulary entries ([unused0], ...) whose embeddings can carry a task prompt."""
-    ids = sorted(i for token, i in backbone.tokenizer.get_vocab().items() if _UNUSED_TOKEN.match(token))
-    if len(ids) < count:
-        raise InvalidInputError(
-            f"expert {name} cannot be exported for PEFT: its {count}-token task prompt would ride on unused vocabulary "
-            f"entries, and this backbone's vocabulary has {len(ids)}; train with --task-prompt-length 0 or use --format bundle"
-        )
-    return ids[:count]
-
-
-def input_embedding_name(backbone: Backbone) -> str:
-    embedding = backbone.input_embeddings()
-    return next(name for name, module in backbone.model.named_modules() if module is embedding)
+        weights[f"{exported.head_prefix}{HEAD_MODULE}.{key}"] = tensor
+    return exported.config, weights, exported.recipe
 
 
 def _config_bytes(config: Any) -> bytes:
@@ -261,22 +190,22 @@ def _config_bytes(config: Any) -> bytes:
         return (Path(folder) / ADAPTER_CONFIG).read_bytes()
 
 
-def _model_card(expert: ExpertRecord, config: Any, side: dict, backbone: Backbone) -> str:
+def _model_card(expert: ExpertRecord, peft_type: str, config: Any, side: dict, backbone: Backbone) -> str:
     base = config.base_model_name_or_path
     labels = side.get("label_names")
     task = side["task"]
     return f"""---
 library_name: peft
 base_model: {base}
-tags: [transferkit, {PEFT_TYPES[expert.method].lower().replace("_", "-")}]
+tags: [transferkit, {peft_type.lower().replace("_", "-")}]
 ---
 # {expert.name}: a transferkit {expert.method} expert for {expert.task_name}
 
-Exported by transferkit {transferkit.__version__} from expert `{expert.id}` (task: {task.get("description", "?")};
+Exported by transferkit {__version__} from expert `{expert.id}` (task: {task.get("description", "?")};
 labels: {", ".join(labels) if labels else "regression" if side["recipe"]["num_outputs"] == 1 else "-"}).
 Backbone: `{base}` at revision `{config.revision}`, weights sha256 `{backbone.fingerprint.weights_sha256[:16]}…`.
 
-A PEFT `{PEFT_TYPES[expert.method]}` adapter for the base model's encoder (`AutoModel`, task type
+A PEFT `{peft_type}` adapter for the base model's encoder (`AutoModel`, task type
 `FEATURE_EXTRACTION`). transferkit's task head is saved as the `modules_to_save` module
 `{HEAD_MODULE}`; it reads the mean of the real tokens' last hidden states, not BERT's CLS pooler,
 so do not load this adapter into `AutoModelForSequenceClassification`. `transferkit.json` holds the
@@ -443,78 +372,31 @@ def _import_backbone(config: dict, side: dict | None, model: str | None, folder:
 
 def _from_peft(config: dict, tensors: dict[str, torch.Tensor], side: dict | None, backbone: Backbone, folder: Path) -> ImportedAdapter:
     peft_type = config.get("peft_type")
-    methods = {value: key for key, value in PEFT_TYPES.items()}
+    methods = peft_methods()
     if peft_type not in methods:
         raise InvalidInputError(
             f"the adapter in {folder} is PEFT {peft_type}, which transferkit cannot represent; "
             f"it imports {', '.join(methods)}"
         )
-    hidden, layers, heads = _dimensions(backbone)
+    method = methods[peft_type]
+    hidden = dimensions(backbone)[0]
     where = f"the {peft_type} adapter in {folder}"
-    _require_fit(config, "token_dim", hidden, where, "hidden size")
-    _require_fit(config, "num_transformer_submodules", 1, where, "transformer submodules")
-    recipe = side["recipe"] if side else None
-    prompt_length = recipe["task_prompt_length"] if recipe else 0
-    base_prefix = "base_model." if peft_type != "LORA" else "base_model.model."
-    method_tensors, head, dropped = _split_saved_modules(config, tensors, base_prefix, where)
+    require_fit(config, "token_dim", hidden, where, "hidden size")
+    require_fit(config, "num_transformer_submodules", 1, where, "transformer submodules")
+    method_tensors, head, dropped = _split_saved_modules(config, tensors, method.peft.tensor_prefix, where)  # type: ignore[union-attr]
+    loaded = method.peft.load(PeftImportInput(config, method_tensors, side["recipe"] if side else None, backbone, where))  # type: ignore[union-attr]
     out: dict[str, torch.Tensor] = {}
-    if peft_type in ("PROMPT_TUNING", "PREFIX_TUNING"):
-        if set(method_tensors) != {"prompt_embeddings"}:
-            raise InvalidInputError(f"{where} has tensors {sorted(method_tensors)[:3]}; a {peft_type} adapter holds prompt_embeddings")
-        embeddings = method_tensors["prompt_embeddings"].float()
-        _require_fit(config, "num_virtual_tokens", embeddings.shape[0], where, "virtual tokens")
-    if peft_type == "PROMPT_TUNING":
-        if embeddings.dim() != 2 or embeddings.shape[1] != hidden or embeddings.shape[0] <= prompt_length:
-            raise InvalidInputError(f"{where}: prompt_embeddings of shape {tuple(embeddings.shape)} does not fit hidden size {hidden}")
-        if prompt_length:
-            out[TASK_PROMPT_TENSOR] = embeddings[:prompt_length].clone()
-        out[EXPERT_PREFIX + "prompt"] = embeddings[prompt_length:].clone()
-        method_config = {"num_virtual_tokens": embeddings.shape[0] - prompt_length}
-    elif peft_type == "PREFIX_TUNING":
-        _require_fit(config, "num_layers", layers, where, "layers")
-        _require_fit(config, "num_attention_heads", heads, where, "attention heads")
-        if embeddings.dim() != 2 or embeddings.shape[1] != layers * 2 * hidden:
-            raise InvalidInputError(
-                f"{where}: prompt_embeddings of shape {tuple(embeddings.shape)} does not fit {layers} layers of hidden size {hidden}"
-            )
-        per_layer = embeddings.reshape(embeddings.shape[0], layers, 2, hidden).permute(1, 2, 0, 3)
-        for index in range(layers):
-            out[f"{EXPERT_PREFIX}prefix.layer{index}.key"] = per_layer[index, 0].contiguous()
-            out[f"{EXPERT_PREFIX}prefix.layer{index}.value"] = per_layer[index, 1].contiguous()
-        method_config = {"num_virtual_tokens": embeddings.shape[0], "share": "none", "position_offset": True}
-    else:
-        method_tensors = {_backbone_relative(key, backbone): tensor for key, tensor in method_tensors.items()}
-        method_config = _lora_config(config, method_tensors, where)
-        tokens = {k: v for k, v in method_tensors.items() if k.endswith(".token_adapter.trainable_tokens_delta")}
-        if tokens:
-            expected = {input_embedding_name(backbone): recipe["prepend_token_ids"]} if recipe else None
-            if config.get("trainable_token_indices") != expected or len(tokens) != 1 or not prompt_length:
-                raise InvalidInputError(
-                    f"{where} retrains vocabulary embeddings (trainable_token_indices), which a transferkit expert cannot hold"
-                )
-            out[TASK_PROMPT_TENSOR] = next(iter(tokens.values())).float().clone()
-        for key, tensor in method_tensors.items():
-            if key not in tokens:
-                out[EXPERT_PREFIX + key] = tensor.float().clone()
+    if loaded.task_prompt is not None:
+        out[TASK_PROMPT_TENSOR] = loaded.task_prompt
+    out.update({EXPERT_PREFIX + key: tensor for key, tensor in loaded.tensors.items()})
+    method_config = loaded.config
     if side:
         method_config = side["expert"].get("config")
-        if not isinstance(method_config, dict) or side["expert"].get("method") != methods[peft_type]:
+        if not isinstance(method_config, dict) or side["expert"].get("method") != method.name:
             raise InvalidInputError(f"{folder / SIDE_FILE}: the expert's method or config does not match the adapter")
     for key, tensor in head.items():
         out[HEAD_PREFIX + "linear." + key] = tensor.float().clone()
-    return ImportedAdapter(methods[peft_type], method_config, out, dropped)
-
-
-def _backbone_relative(key: str, backbone: Backbone) -> str:
-    """A tensor name relative to the encoder: adapters made on e.g. BertForSequenceClassification name it `bert.<...>`."""
-    prefix = f"{getattr(backbone.model, 'base_model_prefix', '')}."
-    return key[len(prefix):] if prefix != "." and key.startswith(prefix) else key
-
-
-def _require_fit(config: dict, key: str, expected: int, where: str, what: str) -> None:
-    value = config.get(key)
-    if value is not None and value != expected:
-        raise IncompatibleBackboneError(f"{where} was made for {value} {what}, but the backbone has {expected}; pass the adapter's own base model")
+    return ImportedAdapter(method.name, method_config, out, dropped)
 
 
 def _split_saved_modules(
@@ -549,32 +431,6 @@ def _split_saved_modules(
     notes = [f"{module}: a sequence-classification head on the CLS pooler, which transferkit's mean-pooled head cannot reproduce"
              for module in sorted(dropped)]
     return method, head, notes
-
-
-# LoRA settings that change what the adapter computes and that a transferkit LoRA expert cannot express.
-_LORA_UNSUPPORTED: dict[str, Any] = {
-    "use_dora": lambda v: bool(v), "lora_bias": lambda v: bool(v), "bias": lambda v: v not in (None, "none"),
-    "fan_in_fan_out": lambda v: bool(v), "rank_pattern": lambda v: bool(v), "alpha_pattern": lambda v: bool(v),
-    "layer_replication": lambda v: bool(v), "target_parameters": lambda v: bool(v), "use_qalora": lambda v: bool(v),
-    "alora_invocation_tokens": lambda v: bool(v), "use_bdlora": lambda v: bool(v), "megatron_config": lambda v: bool(v),
-}
-
-
-def _lora_config(config: dict, tensors: dict[str, torch.Tensor], where: str) -> dict:
-    used = sorted(key for key, unsupported in _LORA_UNSUPPORTED.items() if unsupported(config.get(key)))
-    if used:
-        raise InvalidInputError(f"{where} uses LoRA settings transferkit cannot reproduce: {', '.join(used)}")
-    rank, alpha = config.get("r"), config.get("lora_alpha")
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise InvalidInputError(f"{where}: r must be a positive integer and lora_alpha a number")
-    if config.get("use_rslora"):  # rsLoRA scales by alpha / sqrt(r); transferkit by alpha / r
-        alpha = alpha * math.sqrt(rank)
-    pairs = [key.rsplit(".lora_", 1)[0] for key in tensors if re.search(r"\.lora_[AB]\.weight$", key)]
-    others = [key for key in tensors if not re.search(r"\.lora_[AB]\.weight$|\.token_adapter\.trainable_tokens_delta$", key)]
-    if others or not pairs:
-        raise InvalidInputError(f"{where} has tensors transferkit's LoRA cannot hold: {sorted(others)[:3] or 'no lora_A/lora_B pairs'}")
-    dropout = config.get("lora_dropout") or 0.0
-    return {"r": rank, "alpha": float(alpha), "dropout": float(dropout), "target_modules": sorted(set(pairs))}
 
 
 def _import_task(task: str | None, side: dict | None) -> TaskSpec | TaskRecord:

@@ -10,7 +10,8 @@ from transferkit.backbone import Backbone
 from transferkit.errors import InvalidInputError, NotFoundError
 from transferkit.modeling import EXPERT_PREFIX, HEAD_PREFIX, TASK_PROMPT_PREFIX
 from transferkit.registry import ExpertReader, ExpertRecord
-from transferkit.workflows import load_expert_model, load_method_expert
+from transferkit.experts import load_method_expert
+from transferkit.rebuild import load_expert_model
 
 TASK_PROMPT_TENSOR = TASK_PROMPT_PREFIX + "embedding"
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from transferkit.backbone import Backbone
 from transferkit.errors import InvalidInputError
+from transferkit.methods.peft import PeftMapping
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -163,6 +164,14 @@ class ExpertModule(nn.Module, abc.ABC):
         """
         return {}
 
+    def lent_prompt(self) -> torch.Tensor | None:
+        """The soft prompt this expert lends to prompt-attention transfer (ATTEMPT); None: it has none to lend."""
+        return None
+
+    def silence(self) -> None:
+        """Zero the parameters that produce the expert's change, so it changes nothing (a merge that uses no source)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be silenced")
+
     @abc.abstractmethod
     def export_tensors(self) -> dict[str, torch.Tensor]:
         """The final tensors to store: training-only structure (e.g. reparameterisation) collapsed away."""
@@ -278,6 +287,8 @@ class MethodType:
     module_class: type[ExpertModule]
     description: str
     stack: Callable[[list[ExpertModule]], ExpertStack] | None = None  # None: cannot be mixed as a transfer source
+    peft: PeftMapping | None = None  # its PEFT counterpart (export/import), None: PEFT has none
+    not_in_peft: str | None = None  # why PEFT cannot hold it, for the refusal ("a bottleneck adapter after ...")
 
     @property
     def composable(self) -> bool:

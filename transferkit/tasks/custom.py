@@ -54,11 +54,8 @@ spec and ``<file>:<line>: ...`` (Parquet: ``<file> row <n>``, 1-based) for data.
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
-import io
-import json
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -68,6 +65,7 @@ from typing import Any, Iterator
 from transferkit.errors import DataError, InvalidInputError
 from transferkit.tasks.catalog import CATALOG, TaskSpec, normalize_name
 from transferkit.tasks.labels import parse_label
+from transferkit.tasks.readers import decode, delimited_rows, jsonl_rows, lines_rows, parquet_rows, read_bytes
 from transferkit.tasks.splits import SPLIT_NAMES, Example, hold_out, hold_out_counts
 
 if sys.version_info >= (3, 11):
@@ -384,7 +382,7 @@ def read_task_file(spec_path: Path, data_dir: Path | None) -> CustomTask:
             except DataError as error:  # a bad constant label is a mistake in the spec, not in the data
                 raise InvalidInputError(str(error)) from None
         base, location = _locate(spec, entry, data_dir)
-        data = _read_bytes(location)
+        data = read_bytes(location)
         stub = DataFile(entry.path, base, str(location), entry.format, entry.split, entry.label, entry.columns, "", 0)
         examples = file_examples(task, stub, location, data)
         if not examples:
@@ -406,93 +404,16 @@ def _check_split_sizes(task: CustomTask) -> None:
 # --------------------------------------------------------------------------- reading data files
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-
-
-def _decode(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
-
-
-def _delimited_rows(text: str, path: Path, fmt: str, columns: tuple[str, ...] | None, needed: list[str]) -> Iterator[tuple[str, dict]]:
-    tsv = fmt == "tsv"
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
-                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
-    try:
-        header = list(columns) if columns else next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: the file is empty; expected a header line naming the columns")
-        missing = [column for column in needed if column not in header]
-        if missing:
-            where = f"{path}" if columns else f"{path}:1"
-            raise DataError(f"{where}: no column {missing[0]!r} (columns: {', '.join(header)})")
-        while True:
-            start = reader.line_num + 1
-            record = next(reader, None)
-            if record is None:
-                return
-            if not record:
-                continue
-            if len(record) != len(header):
-                raise DataError(f"{path}:{start}: {len(record)} fields, but the header names {len(header)} columns")
-            yield f"{path}:{start}", dict(zip(header, record))
-    except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: unreadable row ({exc})") from None
-
-
-def _jsonl_rows(text: str, path: Path) -> Iterator[tuple[str, dict]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); expected one JSON object per line") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
-        yield f"{path}:{number}", record
-
-
-def _parquet_rows(data: bytes, path: Path, needed: list[str]) -> Iterator[tuple[str, dict]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        source = pq.ParquetFile(io.BytesIO(data))
-        names = source.schema_arrow.names
-        missing = [column for column in needed if column not in names]
-        if missing:
-            raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)})")
-        table = source.read(columns=list(dict.fromkeys(needed)))
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: cannot be read as Parquet ({exc})") from None
-    for number, record in enumerate(table.to_pylist(), start=1):
-        yield f"{path} row {number}", record
-
-
-def _lines_rows(text: str, path: Path, field: str) -> Iterator[tuple[str, dict]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            yield f"{path}:{number}", {field: line.strip()}
-
-
 def _rows(task: CustomTask, file: DataFile, path: Path, data: bytes) -> Iterator[tuple[str, dict]]:
     needed = list(task.input_fields) + ([task.label_field] if file.label is None and task.label_field else [])
     if file.format == "parquet":
-        return _parquet_rows(data, path, needed)
-    text = _decode(data, path)
+        return parquet_rows(data, path, needed)
+    text = decode(data, path)
     if file.format == "jsonl":
-        return _jsonl_rows(text, path)
+        return jsonl_rows(text, path)
     if file.format == "lines":
-        return _lines_rows(text, path, task.input_fields[0])
-    return _delimited_rows(text, path, file.format, file.columns, needed)
+        return lines_rows(text, path, task.input_fields[0])
+    return delimited_rows(text, path, file.format, file.columns, needed)
 
 
 def table_rows(path: Path, needed: list[str]) -> Iterator[tuple[str, dict]]:
@@ -503,11 +424,11 @@ def table_rows(path: Path, needed: list[str]) -> Iterator[tuple[str, dict]]:
     fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt not in ("csv", "tsv", "jsonl", "parquet"):
         raise InvalidInputError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; use .csv, .tsv, .jsonl or .parquet")
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if fmt == "parquet":
-        return _parquet_rows(data, path, needed)
-    text = _decode(data, path)
-    return _jsonl_rows(text, path) if fmt == "jsonl" else _delimited_rows(text, path, fmt, None, needed)
+        return parquet_rows(data, path, needed)
+    text = decode(data, path)
+    return jsonl_rows(text, path) if fmt == "jsonl" else delimited_rows(text, path, fmt, None, needed)
 
 
 def file_examples(task: CustomTask, file: DataFile, path: Path, data: bytes) -> list[Example]:
@@ -541,7 +462,7 @@ def load_custom_splits(task: CustomTask, data_dir: Path | None, seed: int) -> tu
         path = file.find(data_dir, task.name)
         if not path.is_file():
             raise DataError(f"{task.name}: data file {path} not found (registered from {file.location})")
-        data = _read_bytes(path)
+        data = read_bytes(path)
         digest = hashlib.sha256(data).hexdigest()
         if digest != file.sha256:
             raise DataError(

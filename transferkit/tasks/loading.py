@@ -97,7 +97,6 @@ validation (MNLI: validation_matched). A Hub failure (e.g. offline) is a
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from dataclasses import dataclass, field
@@ -108,6 +107,7 @@ from transferkit.errors import DataError, InvalidInputError, NotFoundError
 from transferkit.tasks.catalog import TaskSpec
 from transferkit.tasks.custom import CustomTask, load_custom_splits
 from transferkit.tasks.labels import ASCII_INDEX, parse_label, shown
+from transferkit.tasks.readers import delimited_rows, jsonl_rows, read_text
 from transferkit.tasks.splits import Example, TaskSplits, split_large, split_small, subsample_train
 
 Row = Mapping[str, Any]
@@ -273,61 +273,23 @@ def _format(task: TaskSpec) -> _Format:
 
 def _read_tsv(path: Path, fmt: _Format) -> tuple[list[Located], int]:
     """Rows of an official GLUE .tsv in Hub layout, and how many known-malformed rows were skipped."""
-    rows: list[Located] = []
-    skipped = 0
-    line = 0
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = list(fmt.tsv_header) if fmt.tsv_header else next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: the file is empty; expected a GLUE .tsv with a header line")
-            missing = [column for column in fmt.tsv_columns if column not in header]
-            if missing:
-                found = shown(", ".join(header), 120)
-                raise DataError(f"{path}: header has no column {missing[0]!r} (found: {found}); expected the official GLUE format")
-            for record in reader:
-                line = reader.line_num
-                if not record:
-                    continue
-                if len(record) != len(header):
-                    if fmt.skip_malformed:
-                        skipped += 1
-                        continue
-                    raise DataError(f"{path}:{line}: expected {len(header)} tab-separated fields, found {len(record)}; the file is not in the official GLUE format")
-                values = dict(zip(header, record))
-                rows.append((f"{path}:{line}", {hub: values[column] for column, hub in fmt.tsv_columns.items()}))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 text (byte {exc.start}); expected an official GLUE .tsv") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}:{line + 1}: unreadable .tsv row ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return rows, skipped
+    skipped = [0]
+    text = read_text(path, "expected an official GLUE .tsv")
+    rows = [
+        (where, {hub: values[column] for column, hub in fmt.tsv_columns.items()})
+        for where, values in delimited_rows(text, path, "tsv", fmt.tsv_header, tuple(fmt.tsv_columns), official="GLUE",
+                                            skipped=skipped if fmt.skip_malformed else None)
+    ]
+    return rows, skipped[0]
 
 
 def _read_jsonl(path: Path, fmt: _Format) -> list[Located]:
     rows: list[Located] = []
-    try:
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{line_number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: not valid JSON ({exc.msg}); expected one SuperGLUE record per line") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{where}: expected a JSON object, found {type(record).__name__}")
-                try:
-                    rows.extend((where, row) for row in (fmt.reshape(record) if fmt.reshape else [record]))
-                except (KeyError, TypeError) as exc:
-                    raise DataError(f"{where}: record is not in the official SuperGLUE layout (problem at {shown(exc)})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    for where, record in jsonl_rows(read_text(path, "expected official SuperGLUE .jsonl"), path, "one SuperGLUE record per line"):
+        try:
+            rows.extend((where, row) for row in (fmt.reshape(record) if fmt.reshape else [record]))
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{where}: record is not in the official SuperGLUE layout (problem at {shown(exc)})") from None
     return rows
 
 

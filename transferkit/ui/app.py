@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import transferkit
+from transferkit.version import __version__
 from transferkit.accounting import GROUPINGS
 from transferkit.api import Registry
 from transferkit.errors import InvalidInputError, NotFoundError, TransferkitError
@@ -72,7 +72,7 @@ def _blank(value: str | None) -> str | None:
 def create_app(registry: Registry, token: str | None = None) -> FastAPI:
     """The UI over an open (read-only) registry; with `token`, every page needs it (bearer header or login cookie)."""
     gate = TokenGate(token)
-    app = FastAPI(title="transferkit ui", version=transferkit.__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="transferkit ui", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.registry_label = registry_label(registry)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, gate=gate)

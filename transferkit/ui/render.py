@@ -17,7 +17,7 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-import transferkit
+from transferkit.version import __version__
 from transferkit.ui.security import redact_paths
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -62,7 +62,7 @@ environment = Environment(
     trim_blocks=True, lstrip_blocks=True,
 )
 environment.filters.update(number=number, percent=percent, when=when, exact=exact)
-environment.globals.update(version=transferkit.__version__)
+environment.globals.update(version=__version__)
 
 
 def query_url(request: Request, **changes: Any) -> str:

@@ -77,6 +77,12 @@ class AdapterExpert(ExpertModule):
 
         return hook
 
+    @torch.no_grad()
+    def silence(self) -> None:
+        for adapter in self.adapters.values():
+            adapter.up.weight.zero_()
+            adapter.up.bias.zero_()
+
     def export_tensors(self) -> dict[str, torch.Tensor]:
         return {
             f"{name}.adapter.{key}": value.detach().clone()

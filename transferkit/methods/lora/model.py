@@ -79,6 +79,11 @@ class LoraExpert(ExpertModule):
 
         return hook
 
+    @torch.no_grad()
+    def silence(self) -> None:
+        for pair in self.pairs.values():
+            pair.lora_B.zero_()
+
     def export_tensors(self) -> dict[str, torch.Tensor]:
         out = {}
         for name in self.module_names:

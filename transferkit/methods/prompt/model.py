@@ -58,6 +58,9 @@ class PromptExpert(ExpertModule):
     def export_tensors(self) -> dict[str, torch.Tensor]:
         return {"prompt": self.effective_prompt().detach().clone()}
 
+    def lent_prompt(self) -> torch.Tensor:
+        return self.export_tensors()["prompt"]
+
     def import_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self._check_tensor_names(tensors, {"prompt": tuple(self.prompt.shape)})
         # A loaded prompt is already collapsed; the reparameterisation is training-only.
