@@ -1,7 +1,7 @@
 """The worked examples of docs/architecture.md, followed literally: the page's code blocks become the files it
-names (in a temporary folder on the package's search path), its registration edits are applied to copies of
-`transferkit/methods/__init__.py` and `transferkit/composition/strategies.py`, and the new method and strategy then
-train on the tiny model with real data, store, and load back from the registry."""
+names (in a temporary folder on the package's search path), copies of `transferkit/methods/__init__.py` and
+`transferkit/composition/strategies.py` run with the page's registration lines in place of theirs, and the new
+method and strategy then train on the tiny model with real data, store, and load back from the registry."""
 
 from __future__ import annotations
 
@@ -48,27 +48,28 @@ def write_into(files: dict[str, str], root: Path, package_dir: str, monkeypatch)
 
 
 def applied(source: Path, snippets: list[str]) -> dict:
-    """Run a copy of `source` with the page's edits: an import line goes after the file's imports of its kind, a
-    `MethodType(...)` entry into the METHODS tuple, a line naming an existing assignment replaces that line."""
+    """Run a copy of `source` with the page's edits, each a whole statement put in place of the file's own: an import
+    line replaces the file's import from the same module, any other statement (a `for` over a tuple of
+    registrations, say) replaces the file's statement that starts the same way up to its first bracket."""
     text = source.read_text()
     for snippet in snippets:
-        line = snippet.strip("\n")
-        if line.lstrip().startswith("from "):
-            module = line.split()[1]
-            existing = [m for m in re.findall(r"^from (\S+) import .*$", text, re.M) if m == module]
-            if existing:  # the page gives the whole line, replacing the one there
-                text = re.sub(rf"^from {re.escape(module)} import .*$", line, text, count=1, flags=re.M)
-            else:
-                last = list(re.finditer(r"^from transferkit\.\S+ import .*$", text, re.M))[-1]
-                text = text[:last.end()] + "\n" + line + text[last.end():]
-        elif line.lstrip().startswith("MethodType("):
-            anchor = "\n    )\n}"
-            assert text.count(anchor) == 1, "METHODS is built from a tuple closed by '    )' then '}'"
-            text = text.replace(anchor, "\n" + line + anchor)
-        else:
-            name = line.split(":")[0].split("=")[0].strip()
-            assert re.search(rf"^{re.escape(name)}\b.*$", text, re.M), f"{source.name} has no line for {name}"
-            text = re.sub(rf"^{re.escape(name)}\b.*$", line.replace("\\", "\\\\"), text, count=1, flags=re.M)
+        code = snippet.strip("\n")
+        if code.startswith("from "):
+            module = code.split()[1]
+            pattern = rf"^from {re.escape(module)} import .*$"
+            assert len(re.findall(pattern, text, re.M)) == 1, f"{source.name} has no one import from {module}"
+            text = re.sub(pattern, code.replace("\\", "\\\\"), text, count=1, flags=re.M)
+            continue
+        head = code[:code.index("(") + 1]
+        assert text.count("\n" + head) == 1, f"{source.name} has no one statement starting {head!r}"
+        begin = text.index("\n" + head) + 1
+        depth, index = 0, begin
+        while True:  # to the end of the line where the statement's first bracket closes
+            depth += {"(": 1, ")": -1}.get(text[index], 0)
+            index += 1
+            if depth == 0 and text[index - 1] == ")":
+                break
+        text = text[:begin] + code + text[text.index("\n", index):]
     namespace: dict = {"__name__": f"docs_example_{source.stem}"}
     exec(compile(text, str(source), "exec"), namespace)  # noqa: S102 - our own documentation's code
     return namespace
@@ -76,28 +77,46 @@ def applied(source: Path, snippets: list[str]) -> dict:
 
 @pytest.fixture(autouse=True)
 def _forget_example_modules():
-    """The example modules exist only in a temporary folder: drop them from sys.modules afterwards."""
+    """The example modules exist only in a temporary folder, and they register themselves: drop them from
+    sys.modules and their packages, and restore the method registry, afterwards (the strategy registry is
+    patched with monkeypatch)."""
     import sys
 
+    import transferkit.composition
+    import transferkit.methods
+    from transferkit.methods import METHODS
+
+    methods = dict(METHODS)
     yield
+    METHODS.clear()
+    METHODS.update(methods)
     for name in [n for n in sys.modules if n.startswith(("transferkit.methods.scale", "transferkit.composition.best"))]:
         del sys.modules[name]
+    for package, name in ((transferkit.methods, "scale"), (transferkit.composition, "best")):
+        if hasattr(package, name):
+            delattr(package, name)
 
 
 def test_the_method_example_is_what_the_page_says(tmp_path, monkeypatch, tiny_model_dir, shared_data):
     from transferkit.methods import METHODS, get_method
+    from transferkit.rebuild import load_expert_model
     from transferkit.registry import open_registry
     from transferkit.training.loop import TrainingConfig
-    from transferkit.workflows import SourceJob, load_expert_model, train_source
+    from transferkit.workflows import SourceJob, train_source
 
     files, snippets = page_files("Adding a method")
     assert sorted(files) == [f"transferkit/methods/scale/{name}.py" for name in ("__init__", "config", "model")]
     write_into(files, tmp_path, "transferkit/methods", monkeypatch)
+    before = list(METHODS)
+    # The page's one edit: importing the folder (with the built-in ones) is what registers the method.
     registered = applied(REPO / "transferkit" / "methods" / "__init__.py", snippets)["METHODS"]
-    assert set(registered) == {*METHODS, "scale"}
-    monkeypatch.setitem(METHODS, "scale", registered["scale"])
-    # The page's pyproject step: the package list names each method package the same way.
-    assert '"transferkit.methods.lora",' in (REPO / "pyproject.toml").read_text()
+    assert registered is METHODS and list(METHODS) == [*before, "scale"]
+    assert type(get_method("scale")).__name__ == "MethodType"
+    assert get_method("scale").module_class.__name__ == "ScaleExpert"
+    # No package list to extend: setup.py discovers the packages, pyproject.toml lists none.
+    setuptools_table = (REPO / "pyproject.toml").read_text().split("[tool.setuptools]\n", 1)[1].split("\n[", 1)[0]
+    assert not re.search(r"^packages\s*=", setuptools_table, re.M)
+    assert "find_packages" in (REPO / "setup.py").read_text()
 
     assert get_method("scale").config_class.recommended_lr == 1e-2
     registry = open_registry(f"sqlite:///{tmp_path}/r.db")
@@ -132,23 +151,25 @@ def test_the_method_example_is_what_the_page_says(tmp_path, monkeypatch, tiny_mo
 
 def test_the_strategy_example_is_what_the_page_says(tmp_path, monkeypatch, tiny_model_dir, shared_data):
     from transferkit.backbone import load_backbone
-    from transferkit.composition import strategies, transfer as transfer_module
+    from transferkit.composition import strategies
     from transferkit.composition.transfer import TransferJob, transfer
+    from transferkit.rebuild import load_expert_model
     from transferkit.registry import open_registry
     from transferkit.training.loop import TrainingConfig
-    from transferkit.workflows import SourceJob, load_expert_model, train_source
+    from transferkit.workflows import SourceJob, train_source
 
     files, snippets = page_files("Adding a strategy")
     assert sorted(files) == ["transferkit/composition/best.py"]
     write_into(files, tmp_path, "transferkit/composition", monkeypatch)
-    plugged = applied(REPO / "transferkit" / "composition" / "strategies.py", snippets)["PLUGGED"]
-    assert set(plugged) == {*strategies.PLUGGED, "best"}
-    best = plugged["best"]
-    monkeypatch.setitem(strategies.PLUGGED, "best", best)
-    monkeypatch.setitem(strategies.STORED, best.stored_method, best)
-    # transfer.py builds its tuple of names from PLUGGED when it is imported; an edited strategies.py is imported
-    # before it, so the page's one line is enough there. Here the module is already imported: extend the tuple.
-    monkeypatch.setattr(transfer_module, "STRATEGIES", (*transfer_module.STRATEGIES, "best"))
+    # The page's two edits, run in a copy of strategies.py: it registers best after the built-in strategies.
+    edited = applied(REPO / "transferkit" / "composition" / "strategies.py", snippets)
+    assert edited["STRATEGIES"] == (*strategies.STRATEGIES, "best")
+    best = edited["get_strategy"]("best")
+    assert type(best).__name__ == "BestStrategy" and edited["stored_rebuild"]("best") == best.rebuild
+    assert {name: edited["get_strategy"](name) for name in strategies.STRATEGIES} == strategies._STRATEGIES
+    # What the edited module registered is what `transfer` and `load_expert_model` now look up.
+    monkeypatch.setattr(strategies, "_STRATEGIES", edited["_STRATEGIES"])
+    monkeypatch.setattr(strategies, "_REBUILDERS", edited["_REBUILDERS"])
 
     registry = open_registry(f"sqlite:///{tmp_path}/r.db")
     training = TrainingConfig(max_steps=2, batch_size=8, eval_batch_size=256, seed=1)
