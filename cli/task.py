@@ -48,7 +48,7 @@ def tasks_command(ctx: typer.Context, registry_url: RegistryOption = None, as_js
 @task_app.command("add")
 def add_command(
     ctx: typer.Context,
-    spec: Annotated[Path, typer.Argument(help="TOML task spec (see the README, 'Your own tasks').")],
+    spec: Annotated[Path, typer.Argument(help="TOML task spec (see docs/custom-tasks.md).")],
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite a different task of the same name that has no experts.")] = False,
     registry_url: RegistryOption = None,
     data_dir: DataDirOption = None,

@@ -29,7 +29,8 @@ Its logit carries a fixed offset so that, while the gate is still at zero, it ho
 starts close to the target alone, and sources earn their share. With a uniform start
 (1/(J+1)) or 0.5, CoLA, unlike every source, ended below scratch on dev; at 0.98
 (with the sparsity loss off) CoLA's dev MCC matched scratch while RTE and CB kept
-their gain over it (README). Old mixtures without the field rebuild uniform.
+their gain over it (docs/transfer.md, "How the zero expert's prior and λ were
+chosen"). Old mixtures without the field rebuild uniform.
 
 Task sparsity loss, in delta space (per example rather than with PEMT's batch-mean
 gate, so it also applies to top-k routing):
@@ -43,8 +44,8 @@ frozen output, so that cosine is about 1 - 1e-4 for every source and the loss ca
 the gate. In delta space it is zero when all of the sources' share sits on one expert
 (then m is parallel to that expert's change) and pulls mass towards the experts whose
 change agrees with the mixed change: raising its weight concentrates the gate (measured
-on real data in the README). With `learn_gate=False` the weights stay uniform (the
-`average` baseline).
+on real data: docs/transfer.md, "How it works"). With `learn_gate=False` the
+weights stay uniform (the `average` baseline).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ DEFAULT_TARGET_METHOD = "adapter"
 
 # Gates and the target prompt learn at this rate by default. At 1e-2 the zero-initialised gate
 # committed to an arbitrary source within a few steps (which one varied by seed); at 2e-3 MNLI
-# took the largest weight on CB in 3 of 3 seeds and CB accuracy rose (README, transfer results).
+# took the largest weight on CB in 3 of 3 seeds and CB accuracy rose (docs/results.md, "Transfer results").
 TRANSFER_PROMPT_LR = 2e-3
 
 # PEMT's task sparsity loss is off by default: on CoLA dev it cost MCC with the zero expert in the gate, and RTE and CB

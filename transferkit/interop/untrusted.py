@@ -37,7 +37,7 @@ _MEMBER_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 @dataclass(frozen=True)
 class ImportLimits:
-    """Upper bounds on what `import` reads (README, "Interoperability"): an archive or folder over them is refused."""
+    """Upper bounds on what `import` reads (docs/interop.md, "Untrusted input"): an archive or folder over them is refused."""
 
     max_file_bytes: int = 256 * 2**20
     max_total_bytes: int = 1024 * 2**20
