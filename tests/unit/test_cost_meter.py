@@ -137,3 +137,21 @@ def test_cpu_peak_memory_is_the_runs_own_not_the_process_lifetime(tiny_backbone)
     cost = _run(tiny_backbone, 2)
     assert cost["peak_memory_kind"] == "process-peak-rss"
     assert 0 < cost["peak_memory_bytes"] < peak_so_far - 300 * 2**20
+
+
+def test_the_flop_counter_also_counts_factorisations_by_their_textbook_counts():
+    from transferkit.training.cost import flop_counter
+
+    tall = torch.randn(3, 40, 6, dtype=torch.float64)  # a batch of 3: every count is x 3
+    cases = [
+        (lambda: torch.linalg.qr(tall), 3 * 2 * (2 * 40 * 36 - 2 * 216 // 3)),  # R, then the thin Q
+        (lambda: torch.linalg.qr(tall, mode="r"), 3 * (2 * 40 * 36 - 2 * 216 // 3)),
+        (lambda: torch.linalg.svd(tall[0].t(), full_matrices=False), 6 * 40 * 36 + 20 * 216),  # wide: the same as tall
+        (lambda: torch.linalg.solve(torch.eye(6, dtype=torch.float64) * 2, torch.ones(6, 4, dtype=torch.float64)),
+         2 * 216 // 3 + 2 * 36 * 4),
+        (lambda: tall[0].t() @ tall[0], 2 * 6 * 40 * 6),  # torch's own formulas still apply
+    ]
+    for work, expected in cases:
+        with flop_counter() as counter:
+            work()
+        assert counter.get_total_flops() == expected

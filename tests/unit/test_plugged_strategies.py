@@ -15,6 +15,7 @@ from transferkit.errors import InvalidInputError
 from transferkit.methods.lora.stack import LoraStack
 from transferkit.registry import open_registry
 from transferkit.reproduce import reproduce
+from transferkit.training.cost import flop_counter
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
 from transferkit.tasks import load_splits, resolve_task
@@ -149,6 +150,11 @@ def test_arrow_stores_its_prototypes_and_routing_shares(registry, sources, tiny_
     tensors, _ = registry.load_expert_tensors(expert)
     for name in stack.module_names:
         assert torch.allclose(tensors[f"composition.prototype.{name}"], top_right_singular_vectors(*stack.factors(name)))
+    preparation = registry.get_run(expert.run_id).cost["preparation"]
+    with flop_counter() as counter:  # the prototypes' QRs and SVDs are the preparation's work
+        for name in stack.module_names:
+            top_right_singular_vectors(*stack.factors(name))
+    assert preparation["flops"] == counter.get_total_flops() > 0
 
 
 def test_pemt_gate_can_start_from_arrow(registry, sources, tiny_model_dir, shared_data):

@@ -171,7 +171,6 @@ def prepare(ctx: StrategyContext, config: MethodConfig) -> Prepared:
     preparation = Preparation(f"Arrow prototypes of {len(ctx.ranking)} LoRA sources")
     with preparation.measure():
         router = ArrowRouter(LoraStack(ctx.modules()), len(ctx.ranking), top_k, config.temperature)  # type: ignore[arg-type]
-    preparation.details["flops_note"] = "QR and SVD of the factors: not counted"
     target, target_method, target_config = build_target(config.target, ctx.backbone)
     model = TaskModel(ctx.backbone, target, ctx.task.num_labels, ctx.training.precision, ctx.prompt, router)
     stored = {"strategy": "arrow", "sources": ctx.source_ids, "top_k": top_k, "temperature": config.temperature,

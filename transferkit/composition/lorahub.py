@@ -18,7 +18,7 @@ sequence-to-sequence model that needs no head; a classifier on a frozen encoder 
 LoRAHub's code mixes the A and B factors separately (Σ w A and Σ w B, which is not Σ w ΔW and needs equal
 ranks); here the change is exactly Σ_j w_j ΔW_j, stacked, for any ranks (adapter sources: their outputs
 mixed, equally exact). The optimiser is seeded from the run's --seed. The found weights, every evaluation
-and the search's cost (wall time, CPU seconds, forward FLOPs) are recorded on the expert.
+and the search's cost (wall time, CPU seconds, FLOPs of every forward pass and head fit) are recorded on the expert.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from transferkit.backbone import Backbone
 from transferkit.composition.merge_strategy import MERGEABLE, Recipe, prepare_merged
@@ -195,16 +194,10 @@ def search_weights(ctx: StrategyContext, config: LorahubConfig, method: str, pre
     composition = WeightedSources(get_method(method).stack(ctx.modules()), len(ctx.ranking))
     model = TaskModel(backbone, NoExpert(NoExpertConfig(), backbone), task.num_labels, ctx.training.precision, ctx.prompt, composition)
     history: list[dict] = []
-    forward_flops: list[float] = []
 
     def objective(weights: np.ndarray) -> float:
         composition.weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
-        if forward_flops:
-            features = pooled_features(model, split, backbone.tokenizer.pad_token_id)
-        else:  # every evaluation runs the same examples: count the first, multiply
-            with FlopCounterMode(display=False) as counter:
-                features = pooled_features(model, split, backbone.tokenizer.pad_token_id)
-            forward_flops.append(counter.get_total_flops())
+        features = pooled_features(model, split, backbone.tokenizer.pad_token_id)
         loss = held_out_loss(features, labels, folds, task.num_labels, task.is_regression)
         value = loss + config.l1 * float(np.abs(weights).mean())
         history.append({"weights": [round(float(w), 6) for w in weights], "loss": round(loss, 6), "objective": round(value, 6)})
@@ -222,7 +215,6 @@ def search_weights(ctx: StrategyContext, config: LorahubConfig, method: str, pre
             found = [float(w) for w in optimiser.provide_recommendation().value]
     finally:
         model.detach()
-    preparation.flops = forward_flops[0] * len(history) if forward_flops else None
     best = min(history, key=lambda h: h["objective"])
     record = {
         "optimizer": config.optimizer, "budget": config.budget, "l1": config.l1, "bound": config.bound, "seed": seed,

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from transferkit.backbone import Backbone
 from transferkit.composition.fixed import FixedExperts
@@ -151,12 +150,10 @@ def prepare_merged(
     search: dict | None = None,
 ) -> Prepared:
     """Merge the sources by `recipe` and build the model whose head, task prompt and target expert train on top."""
-    with preparation.measure(), FlopCounterMode(display=False) as counter:
+    with preparation.measure():
         merged, faithfulness = merge_sources(ctx.modules(), method, recipe, ctx.backbone)
     if method == "lora":
         recipe = dataclasses.replace(recipe, rank=merged.config.r)
-    preparation.flops = (preparation.flops or 0.0) + counter.get_total_flops()
-    preparation.details.setdefault("flops_note", "torch's FLOP counter: matrix products and forward passes, not SVDs")
     target, target_method, target_config = build_target(target_kind, ctx.backbone)
     model = TaskModel(ctx.backbone, target, ctx.task.num_labels, ctx.training.precision, ctx.prompt, FixedExperts(merged))
     config = {

@@ -34,6 +34,7 @@ from transferkit.modeling import Composition, TaskModel
 from transferkit.registry import ExpertReader, ExpertRecord, RegistryStore
 from transferkit.task_prompt import TaskPrompt, description_prompt
 from transferkit.tasks import TaskSpec, TaskSplits
+from transferkit.training.cost import flop_counter
 from transferkit.training.data import tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
 
@@ -258,12 +259,16 @@ class Preparation:
 
     @contextlib.contextmanager
     def measure(self) -> Iterator[None]:
+        """Add the enclosed work's wall time, CPU time and FLOPs (factorisations included) to this record."""
         started, cpu = time.perf_counter(), _cpu_seconds()
+        counter = flop_counter()
         try:
-            yield
+            with counter:
+                yield
         finally:
             self.wall_seconds += time.perf_counter() - started
             self.device_seconds += _cpu_seconds() - cpu
+            self.flops = (self.flops or 0.0) + counter.get_total_flops()
 
     def to_dict(self) -> dict:
         return {

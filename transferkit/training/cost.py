@@ -13,6 +13,8 @@
   FlopCounterMode; `train_flops` = those FLOPs per padded token x the padded tokens
   of every training step. Batches are dynamically padded, so per padded token is
   the honest way to extrapolate "by steps". Evaluation FLOPs are not counted.
+  `flop_counter()` also counts the dense factorisations torch's counter skips
+  (QR, SVD, linear solves) with the textbook LAPACK operation counts.
 - multi-process runs: `merge_costs` sums devices, energy, FLOPs and work.
 - resumed runs: a checkpoint carries the cost measured up to it (`snapshot`), and the
   resuming process adds its own (`resume_from`): wall, device-seconds, energy and work
@@ -32,8 +34,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 _RAPL_ROOT = Path("/sys/class/powercap")
+
+
+def _batch_and_matrix(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    batch = 1
+    for size in shape[:-2]:
+        batch *= size
+    return batch, shape[-2], shape[-1]
+
+
+def _qr_flops(a_shape: tuple[int, ...], mode: str = "reduced", *args, **kwargs) -> int:
+    # Householder QR of m x n: 2mn^2 - 2n^3/3 for R (n = min side), the same again to form Q (Golub & Van Loan 5.2).
+    batch, m, n = _batch_and_matrix(a_shape)
+    m, n = max(m, n), min(m, n)
+    r_only = 2 * m * n * n - 2 * n**3 // 3
+    return batch * (r_only if mode == "r" else 2 * r_only)
+
+
+def _svd_flops(a_shape: tuple[int, ...], *args, out_shape=None, **kwargs) -> int:
+    # R-SVD of m x n (m >= n): 2mn^2 + 2n^3 for the singular values, 6mn^2 + 20n^3 with thin U and V (Golub & Van Loan 8.6).
+    batch, m, n = _batch_and_matrix(a_shape)
+    m, n = max(m, n), min(m, n)
+    with_vectors = out_shape is None or any(size != 0 for size in out_shape[0])
+    return batch * (6 * m * n * n + 20 * n**3 if with_vectors else 2 * m * n * n + 2 * n**3)
+
+
+def _solve_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...], *args, **kwargs) -> int:
+    # LU factorisation 2n^3/3, then two triangular solves per right-hand side (2n^2 each).
+    batch, n, _ = _batch_and_matrix(a_shape)
+    right_hand_sides = b_shape[-1] if len(b_shape) == len(a_shape) else 1
+    return batch * (2 * n**3 // 3 + 2 * n * n * right_hand_sides)
+
+
+_FACTORISATION_FLOPS = {
+    torch.ops.aten.linalg_qr: _qr_flops,
+    torch.ops.aten._linalg_svd: _svd_flops,
+    torch.ops.aten._linalg_solve_ex: _solve_flops,
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter (matrix products, attention, convolutions) that also counts QR, SVD and linear solves."""
+    return FlopCounterMode(display=False, custom_mapping=_FACTORISATION_FLOPS)
 
 
 def cpu_name() -> str:
