@@ -171,6 +171,29 @@ def _counts(registry):
     return registry.count_experts(), len(registry.list_runs()), len(registry.list_lineage_edges())
 
 
+@pytest.mark.parametrize("strategy,options", [
+    ("merge", ["combine=ties", "density=0.5"]), ("lorahub", ["examples=8", "budget=3"]), ("arrow", ["top_k=1"]),
+])
+def test_merged_searched_and_routed_experts_travel_in_bundles(registry, sources, tiny_model_dir, shared_data, tmp_path, strategy, options):
+    from transferkit.interop import export_expert, import_path
+
+    ids = [sources["sst2"].id, sources["rte"].id]
+    expert = run(registry, tiny_model_dir, shared_data, strategy, ids, options)
+    bundle = tmp_path / f"{strategy}.transferkit.tar.gz"
+    export_expert(registry, expert, "bundle", bundle, with_sources=True)
+    fresh = open_registry(f"sqlite:///{tmp_path}/fresh.db")
+    try:
+        added = import_path(fresh, bundle, model=str(tiny_model_dir), command=["t"])["added"]
+        assert {e["id"] for e in added} == {expert.id, *ids}
+        imported = fresh.get_expert(expert.id)
+        assert imported.config == expert.config
+        edges = fresh.lineage_edges(expert.id)["parents"]
+        assert sorted((e.parent_id, e.role) for e in edges) == sorted((e.parent_id, e.role) for e in registry.lineage_edges(expert.id)["parents"])
+        assert_reloads_and_predicts_as_stored(fresh, imported, tiny_model_dir, shared_data, strategy == "arrow", ids)
+    finally:
+        fresh.close()
+
+
 @pytest.mark.parametrize("strategy,given,options,job,message", [
     ("merge", ["sst2", "mrpc"], [], {}, "sources mix different methods (adapter, lora)"),
     ("merge", ["mrpc"], ["combine=ties"], {}, "adapter sources (non-linear)"),
