@@ -1,22 +1,28 @@
-"""Source training throughput: transferkit vs plain PEFT + a standard PyTorch loop, on real SST-2.
+"""Source training throughput: transferkit vs PEFT under HF Trainer with length grouping, on real GLUE data.
 
-Usage: python bench/train_throughput.py [--methods prompt,prefix,lora] [--steps 60] [--rounds 2]
-                                        [--precisions fp32,bf16] [--max-length-padding-steps 20]
+Usage: python bench/train_throughput.py [--task sst2] [--methods prompt,lora] [--steps 60] [--rounds 3]
+                                        [--precisions fp32,bf16] [--plain-loop-steps 0]
                                         [--data-dir ../shared/data]
 
-Per method, in this one process and alternating, `--rounds` times:
-- transferkit: `train_source` with its defaults (a fresh registry) at each of `--precisions`
-  (fp32, the default, and `--precision bf16`: the frozen backbone's weights in bf16 under bf16
-  autocast, trainable parameters fp32), the training loop's own timing of optimiser steps
+Per method, in this one process and alternating, `--rounds` times, each side trains on the same
+training examples in batches of 32 (max length 128) for `--steps` optimiser steps and is then scored
+on the same 1,000 held-out dev examples:
+- transferkit: `train_source` with its defaults (a fresh registry) at each of `--precisions` (fp32,
+  the default, and `--precision bf16`: the frozen backbone's weights in bf16 under bf16 autocast,
+  trainable parameters fp32); examples/s from the training loop's own timing of optimiser steps
   (evaluation excluded);
-- the baseline named "PEFT dynamic": `AutoModelForSequenceClassification` + `get_peft_model`
-  (prompt tuning 20 tokens / prefix tuning 10 / LoRA r 8 on query,value), fp32 weights, shuffled
-  batches padded per batch by `DataCollatorWithPadding` (PEFT's strongest plain setup), AdamW with
-  the same learning rates as transferkit (method rate for the adapter, 1e-2 for the classifier);
-- "PEFT max-length": the same with every batch padded to 128 tokens (fewer steps: it is slow).
-Both sides see batches of 32 SST-2 training examples (max length 128) from the same split and are
-evaluated on the same 1,000 held-out dev examples after the same number of training examples.
-Prints examples/s (training), the ratio to PEFT dynamic, dev accuracy and eval examples/s; then the
+- the baseline, "PEFT Trainer": `AutoModelForSequenceClassification` + `get_peft_model` (prompt
+  tuning 20 tokens / prefix tuning 10 / LoRA r 8 on query,value) trained by transformers' `Trainer`
+  with `train_sampling_strategy="group_by_length"` (its strongest stock setting: batches of similar
+  lengths, padded per batch by `DataCollatorWithPadding`), fp32, no evaluation, logging or saving
+  during training, AdamW with transferkit's rates (method rate for the adapter, 1e-2 for the
+  classifier) and its schedule (linear warm-up over 6%, linear decay); examples/s = steps x 32 /
+  the seconds from Trainer's `on_train_begin` to its last `on_step_end` (its one-off setup excluded);
+- with `--plain-loop-steps N`, also "PEFT plain loop": the same model in a plain PyTorch loop over
+  shuffled batches padded per batch (the README's earlier baseline).
+`--task rte` runs the same at RTE's lengths (sentence pairs, mostly 60-128 tokens; its dev set is
+the first half of the official validation set, as transferkit splits it).
+Prints examples/s (training), the ratio to PEFT Trainer, dev accuracy and eval examples/s; then the
 achieved FLOP/s of transferkit's training step (measured step FLOPs / step time) as a fraction of an
 fp32 and a bf16 matmul micro-benchmark run in this process.
 """
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from transferkit.backbone import default_model_path, load_backbone
 from transferkit.methods import get_method
@@ -42,7 +49,8 @@ from transferkit.training.loop import TrainingConfig, predict
 from transferkit.rebuild import load_expert_model
 from transferkit.workflows import SourceJob, train_source
 
-BATCH, MAX_LENGTH, HEAD_LR = 32, 128, 1e-2
+BATCH, MAX_LENGTH, HEAD_LR, WARMUP_RATIO = 32, 128, 1e-2, 0.06
+BASELINE = "PEFT Trainer"
 
 
 def peft_config(method: str):
@@ -57,53 +65,109 @@ def peft_config(method: str):
     raise SystemExit(f"no PEFT baseline for method {method!r}")
 
 
-def peft_run(method: str, splits, steps: int, pad_to_max: bool, seed: int = 1) -> dict:
-    """Train a PEFT model for `steps` batches; return training examples/s, dev accuracy and eval examples/s."""
+class StepClock(TrainerCallback):
+    """Seconds from the start of Trainer's loop (its one-off setup excluded) to the end of the last step: batch
+    loading, collation and the optimiser steps, the part that compares with transferkit's own step timing."""
+
+    def __init__(self) -> None:
+        self.started, self.seconds = 0.0, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds = time.perf_counter() - self.started
+
+
+def _peft_model(method: str, num_labels: int, lr: float, seed: int):
     from peft import get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.manual_seed(seed)
     path = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(path, num_labels=2), peft_config(method))
-    lr = get_method(method).config_class.recommended_lr
+    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels), peft_config(method))
     head = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" in n]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n]
     optimizer = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": head, "lr": HEAD_LR}], weight_decay=0.01)
-    collator = DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to_max else True, max_length=MAX_LENGTH)
+    return tokenizer, model, optimizer
 
-    def encode(examples) -> list[dict]:
-        encoded = tokenizer([e.texts[0] for e in examples], truncation=True, max_length=MAX_LENGTH)
-        return [{**{key: values[i] for key, values in encoded.items()}, "labels": e.label} for i, e in enumerate(examples)]
 
-    train, dev = encode(splits.train), encode(splits.dev)
+def _encode(tokenizer, examples) -> list[dict]:
+    texts = [e.texts for e in examples]
+    pairs = len(texts[0]) > 1
+    encoded = tokenizer([t[0] for t in texts], [t[1] for t in texts] if pairs else None, truncation=True, max_length=MAX_LENGTH)
+    return [{**{key: values[i] for key, values in encoded.items()}, "labels": e.label} for i, e in enumerate(examples)]
+
+
+def _dev_accuracy(model, tokenizer, dev: list[dict]) -> tuple[float, float]:
+    from transformers import DataCollatorWithPadding
+
+    model.eval()
+    correct, start = 0, time.perf_counter()
+    collator = DataCollatorWithPadding(tokenizer, padding=True)
+    with torch.no_grad():
+        for begin in range(0, len(dev), 64):
+            batch = collator(dev[begin:begin + 64])
+            labels = batch.pop("labels")
+            correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+    return correct / len(dev), len(dev) / (time.perf_counter() - start)
+
+
+def _linear_schedule(optimizer, steps: int):
+    warmup = int(steps * WARMUP_RATIO)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (steps - step) / max(1, steps - warmup)))
+
+
+def peft_trainer_run(method: str, splits, steps: int, seed: int = 1) -> dict:
+    """PEFT under HF Trainer with length-grouped sampling for `steps` batches: training examples/s, dev accuracy, eval examples/s."""
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    tokenizer, model, optimizer = _peft_model(method, splits.task.num_labels, get_method(method).config_class.recommended_lr, seed)
+    train = _encode(tokenizer, splits.train)
+    dataset = Dataset.from_list([{**row, "length": len(row["input_ids"])} for row in train])
+    arguments = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps, seed=seed, use_cpu=True,
+        train_sampling_strategy="group_by_length", length_column_name="length", report_to="none", save_strategy="no",
+        eval_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=True,
+    )
+    clock = StepClock()
+    trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
+                      optimizers=(optimizer, _linear_schedule(optimizer, steps)), callbacks=[clock])
+    trainer.train()
+    accuracy, eval_rate = _dev_accuracy(model, tokenizer, _encode(tokenizer, splits.dev))
+    return {"train_eps": steps * BATCH / clock.seconds, "dev": accuracy, "eval_eps": eval_rate}
+
+
+def peft_plain_run(method: str, splits, steps: int, seed: int = 1) -> dict:
+    """PEFT in a plain loop over shuffled batches padded per batch: training examples/s, dev accuracy, eval examples/s."""
+    from transformers import DataCollatorWithPadding
+
+    tokenizer, model, optimizer = _peft_model(method, splits.task.num_labels, get_method(method).config_class.recommended_lr, seed)
+    schedule = _linear_schedule(optimizer, steps)
+    collator = DataCollatorWithPadding(tokenizer, padding=True)
+    train = _encode(tokenizer, splits.train)
     order = np.random.default_rng(seed).permutation(len(train))
     model.train()
     seconds = 0.0
     for step in range(steps):
         indices = order[(step * BATCH) % len(train):][:BATCH]
         start = time.perf_counter()
-        batch = collator([train[i] for i in indices])
-        loss = model(**batch).loss
+        loss = model(**collator([train[i] for i in indices])).loss
         loss.backward()
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         seconds += time.perf_counter() - start
-    model.eval()
-    correct, start = 0, time.perf_counter()
-    dev_collator = DataCollatorWithPadding(tokenizer, padding=True)
-    with torch.no_grad():
-        for begin in range(0, len(dev), 64):
-            batch = dev_collator(dev[begin:begin + 64])
-            labels = batch.pop("labels")
-            correct += int((model(**batch).logits.argmax(-1) == labels).sum())
-    eval_seconds = time.perf_counter() - start
-    return {"train_eps": steps * BATCH / seconds, "dev": correct / len(dev), "eval_eps": len(dev) / eval_seconds}
+    accuracy, eval_rate = _dev_accuracy(model, tokenizer, _encode(tokenizer, splits.dev))
+    return {"train_eps": steps * BATCH / seconds, "dev": accuracy, "eval_eps": eval_rate}
 
 
 def transferkit_run(method: str, registry, splits, data_dir: Path, steps: int, precision: str, seed: int = 1) -> dict:
     expert = train_source(registry, SourceJob(
-        task="glue/sst2", method=method, data_dir=data_dir, show_progress=False,
+        task=splits.task.name, method=method, data_dir=data_dir, show_progress=False,
         training=TrainingConfig(max_steps=steps, eval_every=steps, seed=seed, precision=precision),
     ))
     run = registry.get_run(expert.run_id)
@@ -135,40 +199,42 @@ def matmul_flops_per_second(dtype: torch.dtype, size: int = 1536, repeats: int =
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="prompt,prefix,lora")
+    parser.add_argument("--task", default="sst2", help="a GLUE task in the data dir (sst2; rte for sentence pairs)")
+    parser.add_argument("--methods", default="prompt,lora")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--max-length-padding-steps", type=int, default=20)
+    parser.add_argument("--plain-loop-steps", type=int, default=0, help="also time PEFT in a plain loop (0: skip)")
     parser.add_argument("--data-dir", default=os.environ.get("TRANSFERKIT_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
-    precisions = args.precisions.split(",")
-    sides = [f"transferkit {precision}" for precision in precisions] + ["PEFT dynamic", "PEFT max-length"]
-    splits = load_splits(resolve_task("sst2"), data_dir, seed=1)
+    methods, precisions = args.methods.split(","), args.precisions.split(",")
+    baselines = [(BASELINE, args.steps, peft_trainer_run)] + ([("PEFT plain loop", args.plain_loop_steps, peft_plain_run)] if args.plain_loop_steps else [])
+    sides = [f"transferkit {precision}" for precision in precisions] + [side for side, _, _ in baselines]
+    splits = load_splits(resolve_task(args.task), data_dir, seed=1)
     registry = open_registry(f"sqlite:///{tempfile.mkdtemp()}/bench.db")
     results: dict[tuple[str, str], list[dict]] = {}
     failures: dict[tuple[str, str], str] = {}
     for _ in range(args.rounds):
-        for method in args.methods.split(","):
+        for method in methods:
             for precision in precisions:
                 results.setdefault((method, f"transferkit {precision}"), []).append(
                     transferkit_run(method, registry, splits, data_dir, args.steps, precision))
-            for side, steps, pad_to_max in (("PEFT dynamic", args.steps, False), ("PEFT max-length", args.max_length_padding_steps, True)):
-                if not steps or (method, side) in failures:
+            for side, steps, run in baselines:
+                if (method, side) in failures:
                     continue
                 try:
-                    results.setdefault((method, side), []).append(peft_run(method, splits, steps, pad_to_max))
+                    results.setdefault((method, side), []).append(run(method, splits, steps))
                 except Exception as error:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
                     failures[(method, side)] = f"{type(error).__name__}: {error}"
     fp32, bf16 = matmul_flops_per_second(torch.float32), matmul_flops_per_second(torch.bfloat16)
 
-    print(f"SST-2, batch {BATCH}, max length {MAX_LENGTH}, {args.steps} steps ({args.max_length_padding_steps} for max-length "
-          f"padding), {args.rounds} alternating rounds, medians; baseline: PEFT dynamic")
-    print(f"{'method':7} {'side':16} {'train ex/s':>10} {'vs PEFT dyn':>11} {'dev acc':>8} {'eval ex/s':>9}")
-    for method in args.methods.split(","):
-        dynamic = results.get((method, "PEFT dynamic"))
-        baseline = statistics.median(r["train_eps"] for r in dynamic) if dynamic else None
+    print(f"{splits.task.name}, batch {BATCH}, max length {MAX_LENGTH}, {args.steps} steps, {len(splits.dev)} dev examples, "
+          f"{args.rounds} alternating rounds, medians; baseline: {BASELINE} (group_by_length), torch threads {torch.get_num_threads()}")
+    print(f"{'method':7} {'side':16} {'train ex/s':>10} {'vs baseline':>11} {'dev acc':>8} {'eval ex/s':>9}")
+    for method in methods:
+        reference = results.get((method, BASELINE))
+        baseline = statistics.median(r["train_eps"] for r in reference) if reference else None
         for side in sides:
             runs = results.get((method, side))
             if not runs:
@@ -181,7 +247,7 @@ def main() -> None:
                   f"{statistics.median(r['eval_eps'] for r in runs):9.1f}")
     print(f"\nmatmul micro-benchmark (1536^3): fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.1f} GFLOP/s")
     print(f"{'method':7} {'precision':9} {'step GFLOP/s':>12} {'of fp32 matmul':>14} {'of bf16 matmul':>14}")
-    for method in args.methods.split(","):
+    for method in methods:
         for precision in precisions:
             runs = results[(method, f"transferkit {precision}")]
             achieved = statistics.median(r["flops_per_second"] for r in runs)
