@@ -54,6 +54,15 @@ def compare_command(
     sparsity_weight: SparsityWeightOption = DEFAULT_SPARSITY_WEIGHT,
     zero_expert: ZeroExpertOption = None,
     head_init: HeadInitOption = "auto",
+    gate_init: Annotated[
+        str, typer.Option(help="How pemt's gate starts: uniform, or arrow (routing by the LoRA sources' top singular vectors).")
+    ] = "uniform",
+    strategy_option: Annotated[
+        Optional[list[str]],
+        typer.Option("--strategy-option", "-O", help="A strategy's option STRATEGY:KEY=VALUE, repeatable "
+                                                     "(e.g. -O merge:combine=ties -O merge:density=0.3 -O pemt:r=16).",
+                     show_default=False),
+    ] = None,
     max_steps: MaxStepsOption = None,
     epochs: EpochsOption = None,
     patience: PatienceOption = None,
@@ -77,14 +86,15 @@ def compare_command(
         max_steps=max_steps, epochs=epochs, patience=patience, batch_size=batch_size, precision=precision, prompt_lr=prompt_lr
     )
     if methods is not None:
-        if strategies is not None or sources is not None:
-            raise TransferkitError("--methods compares source methods; drop --strategies and --sources")
+        if strategies is not None or sources is not None or strategy_option:
+            raise TransferkitError("--methods compares source methods; drop --strategies, --sources and -O")
         _compare_methods(options, grid, _csv(targets), _csv(methods), seed_values, budget, model, render_only, output.as_json, output.quiet)
         return
     spec = Grid(
         name=grid, targets=_csv(targets), strategies=_csv(strategies or "scratch,spot,average,pemt"), seeds=seed_values,
         budget=budget, sources=_csv(sources) if sources else None, top_k=top_k, route_top_k=route_top_k,
-        sparsity_weight=sparsity_weight, zero_expert=zero_expert, head_init=head_init,
+        sparsity_weight=sparsity_weight, zero_expert=zero_expert, head_init=head_init, gate_init=gate_init,
+        strategy_options=_strategy_options(strategy_option or []),
     )
     registry = registry_from(options)
     if not render_only:
@@ -104,6 +114,17 @@ def compare_command(
         table.add_row(row["target"], row["metric"], row["strategy"], _score_cell(row), _versus_cell(row["versus_scratch"]),
                       str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", flops, _gates_cell(row))
     out.print(table)
+
+
+def _strategy_options(given: list[str]) -> dict[str, list[str]]:
+    """`STRATEGY:KEY=VALUE` options grouped by strategy, in the order given."""
+    options: dict[str, list[str]] = {}
+    for item in given:
+        strategy, separator, option = item.partition(":")
+        if not separator or not strategy.strip() or "=" not in option:
+            raise TransferkitError(f"-O takes STRATEGY:KEY=VALUE (e.g. merge:combine=ties), got {item!r}")
+        options.setdefault(strategy.strip(), []).append(option.strip())
+    return options
 
 
 def _score_cell(row: dict) -> str:

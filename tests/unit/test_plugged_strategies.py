@@ -225,3 +225,37 @@ def test_cli_refuses_bad_recipes_in_one_line(registry, sources, tiny_model_dir, 
     assert _counts(registry) == before
 
 
+
+
+def test_compare_passes_each_strategy_its_own_options_and_keeps_cells_honest(registry, sources, tiny_model_dir, shared_data):
+    from transferkit.composition.compare import Grid, GridBudget, run_grid
+
+    ids = [sources["sst2"].id, sources["rte"].id]
+    budget = GridBudget(max_steps=2, batch_size=8)
+    grid = Grid(name="opts", targets=["cb"], strategies=["merge", "pemt"], seeds=[1], budget=budget, sources=ids,
+                gate_init="arrow", strategy_options={"merge": ["combine=ties", "density=0.5"]})
+    run_grid(registry, grid, shared_data, str(tiny_model_dir), show_progress=False)
+    merged, mixed = registry.get_expert("opts-cb-merge-s1"), registry.get_expert("opts-cb-pemt-s1")
+    assert merged.config["recipe"]["combine"] == "ties" and merged.config["recipe"]["density"] == 0.5
+    assert registry.get_run(mixed.run_id).hyperparams["job"]["gate_init"] == "arrow" and mixed.extra.get("gate_init")
+
+    before = registry.count_experts()
+    changed = Grid(name="opts", targets=["cb"], strategies=["merge"], seeds=[1], budget=budget, sources=ids,
+                   strategy_options={"merge": ["combine=linear"]})
+    with pytest.raises(InvalidInputError, match="opts-cb-merge-s1 is stored with -O"):
+        run_grid(registry, changed, shared_data, str(tiny_model_dir), show_progress=False)
+    for bad, message in [
+        ({"strategy_options": {"arrow": ["top_k=1"]}}, "arrow, which is not in --strategies"),
+        ({"strategy_options": {"merge": ["combine=magic"]}}, "combine"),
+        ({"strategies": ["scratch"], "gate_init": "arrow"}, "add pemt"),
+    ]:
+        spec = {"name": "bad", "targets": ["cb"], "strategies": ["merge"], "seeds": [1], "budget": budget, "sources": ids, **bad}
+        with pytest.raises(InvalidInputError, match=message):
+            run_grid(registry, Grid(**spec), shared_data, str(tiny_model_dir), show_progress=False)
+    assert registry.count_experts() == before
+
+
+def test_cli_compare_refuses_a_malformed_strategy_option_in_one_line(registry, tiny_model_dir, shared_data, tmp_path):
+    result = run_cli("--registry", str(registry.engine.url), "--data-dir", str(shared_data), "compare", "--targets", "cb",
+                     "--strategies", "merge", "-O", "combine=ties", "--model", str(tiny_model_dir), cwd=tmp_path)
+    assert_one_line_error(result, "STRATEGY:KEY=VALUE")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from transferkit.composition.options import DEFAULT_SPARSITY_WEIGHT
 from transferkit.composition.strategies import strategy_names
-from transferkit.composition.transfer import TRANSFER_PROMPT_LR, TransferJob, transfer
+from transferkit.composition.transfer import TRANSFER_PROMPT_LR, TransferJob, transfer, validate_job
 from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted
 from transferkit.methods import get_method
 from transferkit.registry import ExpertRecord, RegistryStore
@@ -76,6 +76,8 @@ class Grid:
     sparsity_weight: float = DEFAULT_SPARSITY_WEIGHT
     zero_expert: bool | None = None  # None: the strategy's default
     head_init: str = "auto"
+    gate_init: str = "uniform"  # pemt only
+    strategy_options: dict[str, list[str]] = field(default_factory=dict)  # strategy -> its `-O KEY=VALUE` options
 
     def validate(self, registry: RegistryStore) -> None:
         unknown = [s for s in self.strategies if s not in strategy_names()]
@@ -83,10 +85,48 @@ class Grid:
             raise InvalidInputError(f"unknown strategies {unknown}; choose from {', '.join(strategy_names())}")
         if not self.targets or not self.strategies or not self.seeds:
             raise InvalidInputError("--targets, --strategies and --seeds each need at least one value")
+        stray = sorted(set(self.strategy_options) - set(self.strategies))
+        if stray:
+            raise InvalidInputError(f"-O names {', '.join(stray)}, which is not in --strategies {','.join(self.strategies)}")
+        if self.gate_init != "uniform" and "pemt" not in self.strategies:
+            raise InvalidInputError("--gate-init sets how pemt's gate starts; add pemt to --strategies")
+        for strategy in self.strategies:  # every cell's options are checked before the first cell trains
+            validate_job(self.job(None, strategy, self.seeds[0], "check", None, None, show_progress=False))
         self.targets = [resolve_registered_task(registry, t).name for t in self.targets]
 
     def cell_name(self, target: str, strategy: str, seed: int) -> str:
         return f"{self.name}-{target.split('/')[-1]}-{strategy}-s{seed}"
+
+    def job(
+        self, target: str | None, strategy: str, seed: int, name: str, data_dir: Path | None, model: str | None, show_progress: bool,
+    ) -> TransferJob:
+        """The `transfer` job of one cell."""
+        return TransferJob(
+            target=target, strategy=strategy,
+            sources=self.sources if strategy != "scratch" else None,
+            top_k=self.top_k, route_top_k=self.route_top_k, sparsity_weight=self.sparsity_weight,
+            zero_expert=self.zero_expert if strategy == "pemt" else None, head_init=self.head_init,
+            gate_init=self.gate_init if strategy == "pemt" else "uniform",
+            method_options=list(self.strategy_options.get(strategy, [])),
+            model=model, data_dir=data_dir, name=name,
+            training=self.budget.training(seed, prompt_lr=self.budget.prompt_lr),
+            show_progress=show_progress,
+            command=["transferkit", "compare", f"--grid={self.name}", f"cell={name}"],
+            resume=True,  # an interrupted cell continues from its last checkpoint
+        )
+
+    def check_stored_cell(self, registry: RegistryStore, expert: ExpertRecord, strategy: str) -> None:
+        """Refuse to count a stored cell that was run with other strategy options than this grid asks for."""
+        recorded = registry.get_run(expert.run_id).hyperparams.get("job") or {}
+        asked = {"-O": list(self.strategy_options.get(strategy, [])),
+                 "--gate-init": self.gate_init if strategy == "pemt" else "uniform"}
+        stored = {"-O": list(recorded.get("method_options") or []), "--gate-init": recorded.get("gate_init") or "uniform"}
+        for flag, value in asked.items():
+            if stored[flag] != value:
+                raise InvalidInputError(
+                    f"cell {expert.name} is stored with {flag} {stored[flag]!r}, not {value!r}; "
+                    "use another --grid name to compare both"
+                )
 
 
 @dataclass
@@ -125,10 +165,12 @@ def run_grid(registry: RegistryStore, grid: Grid, data_dir: Path | None, model: 
             for strategy in grid.strategies:
                 for seed in grid.seeds:
                     name = grid.cell_name(target, strategy, seed)
-                    if _stored(registry, name):
+                    stored = _stored(registry, name)
+                    if stored:
+                        grid.check_stored_cell(registry, stored, strategy)
                         continue
                     _stop_before(stop, name)
-                    _run_cell(registry, grid, target, strategy, seed, name, data_dir, model, show_progress)
+                    transfer(registry, grid.job(target, strategy, seed, name, data_dir, model, show_progress))
 
 
 def _stop_before(stop: StopRequest, cell: str) -> None:
@@ -138,25 +180,6 @@ def _stop_before(stop: StopRequest, cell: str) -> None:
             f"interrupted before cell {cell} ({signal_name(stop.signal_number)}); every earlier cell is stored",
             stop.signal_number, how_to_resume(["transferkit", "compare"]),
         )
-
-
-def _run_cell(
-    registry: RegistryStore, grid: Grid, target: str, strategy: str, seed: int, name: str, data_dir: Path | None,
-    model: str | None, show_progress: bool,
-) -> None:
-    budget = grid.budget
-    job = TransferJob(
-        target=target, strategy=strategy,
-        sources=grid.sources if strategy != "scratch" else None,
-        top_k=grid.top_k, route_top_k=grid.route_top_k, sparsity_weight=grid.sparsity_weight,
-        zero_expert=grid.zero_expert if strategy == "pemt" else None, head_init=grid.head_init,
-        model=model, data_dir=data_dir, name=name,
-        training=budget.training(seed, prompt_lr=budget.prompt_lr),
-        show_progress=show_progress,
-        command=["transferkit", "compare", f"--grid={grid.name}", f"cell={name}"],
-        resume=True,  # an interrupted cell continues from its last checkpoint
-    )
-    transfer(registry, job)
 
 
 def run_method_grid(

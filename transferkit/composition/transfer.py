@@ -39,8 +39,8 @@ class TransferOutcome:
     ranking: list[RankedSource]
 
 
-def _validate(job: TransferJob) -> Strategy:
-    """Refuse bad options in one line each (the strategy's own refusals included); returns the strategy."""
+def validate_job(job: TransferJob) -> Strategy:
+    """Refuse bad options in one line each (the strategy's own refusals and its `-O` options included); returns the strategy."""
     job.validate()
     strategy = get_strategy(job.strategy)
     if not (math.isfinite(job.sparsity_weight) and job.sparsity_weight >= 0):
@@ -52,6 +52,7 @@ def _validate(job: TransferJob) -> Strategy:
     if job.gate_init not in GATE_INITS:
         raise InvalidInputError(f"--gate-init must be one of {', '.join(GATE_INITS)}, got {job.gate_init!r}")
     strategy.validate(job)
+    strategy.options_class(job).from_options(job.method_options)
     return strategy
 
 
@@ -71,7 +72,7 @@ def _embed_source_data(registry: RegistryStore, task_names: set[str], job: Trans
 
 def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     """Train a target expert with the chosen strategy and store it with lineage and cost."""
-    strategy = _validate(job)
+    strategy = validate_job(job)
     task = job_task(registry, job.target, job.task_file, job.data_dir)
     target_config = strategy.options_class(job).from_options(job.method_options)
     training = job.training
