@@ -149,3 +149,24 @@ def test_every_method_trains_on_a_backbone_held_in_bf16(tiny_model_dir, name):
     finally:
         model.detach()
         _load_backbone.cache_clear()
+
+
+def test_a_bf16_backbone_on_cpu_computes_attention_with_matrix_products_and_agrees_with_fp32(tiny_model_dir):
+    from transferkit.backbone import _load_backbone, load_backbone
+
+    _load_backbone.cache_clear()
+    try:
+        reduced, full = load_backbone(str(tiny_model_dir), precision="bf16"), load_backbone(str(tiny_model_dir))
+        assert reduced.model.config._attn_implementation == "eager"  # CPU SDPA gains nothing from bf16
+        assert full.model.config._attn_implementation == "sdpa"  # fp32 keeps transformers' default
+        input_ids = torch.randint(5, 90, (4, 9))
+        mask = torch.ones_like(input_ids)
+        mask[:, -2:] = 0
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            low = reduced.model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+        with torch.no_grad():
+            high = full.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        real = mask.bool()
+        assert torch.allclose(low[real], high[real], atol=0.1, rtol=0.05)  # bf16 rounding, not a different function
+    finally:
+        _load_backbone.cache_clear()
