@@ -1,20 +1,21 @@
 """Source training throughput: transferkit vs PEFT under HF Trainer with length grouping, on real GLUE data.
 
 Usage: python bench/train_throughput.py [--task sst2] [--methods prompt,lora] [--steps 60] [--rounds 3]
-                                        [--precisions fp32,bf16] [--plain-loop-steps 0]
+                                        [--precisions fp32,bf16] [--trainer-precisions fp32,bf16] [--plain-loop-steps 0]
                                         [--data-dir ../shared/data]
 
 Per method, in this one process and alternating, `--rounds` times, each side trains on the same
 training examples in batches of 32 (max length 128) for `--steps` optimiser steps and is then scored
-on the same 1,000 held-out dev examples:
+on the same held-out dev examples (SST-2: its 1,000-example dev split):
 - transferkit: `train_source` with its defaults (a fresh registry) at each of `--precisions` (fp32,
   the default, and `--precision bf16`: the frozen backbone's weights in bf16 under bf16 autocast,
   trainable parameters fp32); examples/s from the training loop's own timing of optimiser steps
   (evaluation excluded);
-- the baseline, "PEFT Trainer": `AutoModelForSequenceClassification` + `get_peft_model` (prompt
+- the baseline, "PEFT Trainer fp32" and "PEFT Trainer bf16" (`bf16=True`: autocast, fp32 weights), the
+  faster of the two per method: `AutoModelForSequenceClassification` + `get_peft_model` (prompt
   tuning 20 tokens / prefix tuning 10 / LoRA r 8 on query,value) trained by transformers' `Trainer`
   with `train_sampling_strategy="group_by_length"` (its strongest stock setting: batches of similar
-  lengths, padded per batch by `DataCollatorWithPadding`), fp32, no evaluation, logging or saving
+  lengths, padded per batch by `DataCollatorWithPadding`), no evaluation, logging or saving
   during training, AdamW with transferkit's rates (method rate for the adapter, 1e-2 for the
   classifier) and its schedule (linear warm-up over 6%, linear decay); examples/s = steps x 32 /
   the seconds from Trainer's `on_train_begin` to its last `on_step_end` (its one-off setup excluded);
@@ -22,7 +23,7 @@ on the same 1,000 held-out dev examples:
   shuffled batches padded per batch (the README's earlier baseline).
 `--task rte` runs the same at RTE's lengths (sentence pairs, mostly 60-128 tokens; its dev set is
 the first half of the official validation set, as transferkit splits it).
-Prints examples/s (training), the ratio to PEFT Trainer, dev accuracy and eval examples/s; then the
+Prints examples/s (training), the ratio to the faster PEFT Trainer setting, dev accuracy and eval examples/s; then the
 achieved FLOP/s of transferkit's training step (measured step FLOPs / step time) as a fraction of an
 fp32 and a bf16 matmul micro-benchmark run in this process.
 """
@@ -30,6 +31,7 @@ fp32 and a bf16 matmul micro-benchmark run in this process.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
@@ -50,7 +52,7 @@ from transferkit.rebuild import load_expert_model
 from transferkit.workflows import SourceJob, train_source
 
 BATCH, MAX_LENGTH, HEAD_LR, WARMUP_RATIO = 32, 128, 1e-2, 0.06
-BASELINE = "PEFT Trainer"
+TRAINER = "PEFT Trainer"  # + " fp32" / " bf16"; the faster of the two per method is the baseline
 
 
 def peft_config(method: str):
@@ -120,7 +122,7 @@ def _linear_schedule(optimizer, steps: int):
         optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (steps - step) / max(1, steps - warmup)))
 
 
-def peft_trainer_run(method: str, splits, steps: int, seed: int = 1) -> dict:
+def peft_trainer_run(method: str, splits, steps: int, precision: str, seed: int = 1) -> dict:
     """PEFT under HF Trainer with length-grouped sampling for `steps` batches: training examples/s, dev accuracy, eval examples/s."""
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -132,6 +134,7 @@ def peft_trainer_run(method: str, splits, steps: int, seed: int = 1) -> dict:
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps, seed=seed, use_cpu=True,
         train_sampling_strategy="group_by_length", length_column_name="length", report_to="none", save_strategy="no",
         eval_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=True,
+        bf16=precision == "bf16",
     )
     clock = StepClock()
     trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
@@ -204,12 +207,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--trainer-precisions", default="fp32,bf16", help="PEFT Trainer runs: fp32, and bf16=True (autocast)")
     parser.add_argument("--plain-loop-steps", type=int, default=0, help="also time PEFT in a plain loop (0: skip)")
     parser.add_argument("--data-dir", default=os.environ.get("TRANSFERKIT_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     methods, precisions = args.methods.split(","), args.precisions.split(",")
-    baselines = [(BASELINE, args.steps, peft_trainer_run)] + ([("PEFT plain loop", args.plain_loop_steps, peft_plain_run)] if args.plain_loop_steps else [])
+    baselines = [(f"{TRAINER} {p}", args.steps, functools.partial(peft_trainer_run, precision=p)) for p in args.trainer_precisions.split(",")]
+    if args.plain_loop_steps:
+        baselines.append(("PEFT plain loop", args.plain_loop_steps, peft_plain_run))
     sides = [f"transferkit {precision}" for precision in precisions] + [side for side, _, _ in baselines]
     splits = load_splits(resolve_task(args.task), data_dir, seed=1)
     registry = open_registry(f"sqlite:///{tempfile.mkdtemp()}/bench.db")
@@ -230,20 +236,22 @@ def main() -> None:
     fp32, bf16 = matmul_flops_per_second(torch.float32), matmul_flops_per_second(torch.bfloat16)
 
     print(f"{splits.task.name}, batch {BATCH}, max length {MAX_LENGTH}, {args.steps} steps, {len(splits.dev)} dev examples, "
-          f"{args.rounds} alternating rounds, medians; baseline: {BASELINE} (group_by_length), torch threads {torch.get_num_threads()}")
-    print(f"{'method':7} {'side':16} {'train ex/s':>10} {'vs baseline':>11} {'dev acc':>8} {'eval ex/s':>9}")
+          f"{args.rounds} alternating rounds, medians; baseline: the faster {TRAINER} (group_by_length) setting, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'method':7} {'side':17} {'train ex/s':>10} {'vs baseline':>11} {'dev acc':>8} {'eval ex/s':>9}")
     for method in methods:
-        reference = results.get((method, BASELINE))
-        baseline = statistics.median(r["train_eps"] for r in reference) if reference else None
+        trainer_rates = [statistics.median(r["train_eps"] for r in runs)
+                         for (m, side), runs in results.items() if m == method and side.startswith(TRAINER)]
+        baseline = max(trainer_rates) if trainer_rates else None
         for side in sides:
             runs = results.get((method, side))
             if not runs:
                 if (method, side) in failures:
-                    print(f"{method:7} {side:16} {'failed':>10}  {failures[(method, side)][:110]}")
+                    print(f"{method:7} {side:17} {'failed':>10}  {failures[(method, side)][:110]}")
                 continue
             rate = statistics.median(r["train_eps"] for r in runs)
             ratio = f"{rate / baseline:11.2f}" if baseline else f"{'n/a':>11}"
-            print(f"{method:7} {side:16} {rate:10.1f} {ratio} {statistics.median(r['dev'] for r in runs):8.4f} "
+            print(f"{method:7} {side:17} {rate:10.1f} {ratio} {statistics.median(r['dev'] for r in runs):8.4f} "
                   f"{statistics.median(r['eval_eps'] for r in runs):9.1f}")
     print(f"\nmatmul micro-benchmark (1536^3): fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.1f} GFLOP/s")
     print(f"{'method':7} {'precision':9} {'step GFLOP/s':>12} {'of fp32 matmul':>14} {'of bf16 matmul':>14}")
