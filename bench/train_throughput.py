@@ -25,7 +25,9 @@ on the same held-out dev examples (SST-2: its 1,000-example dev split):
 the first half of the official validation set, as transferkit splits it).
 Prints examples/s (training), the ratio to the faster PEFT Trainer setting, dev accuracy and eval examples/s; then the
 achieved FLOP/s of transferkit's training step (measured step FLOPs / step time) as a fraction of an
-fp32 and a bf16 matmul micro-benchmark run in this process.
+fp32 and a bf16 matmul micro-benchmark run in this process. Every transferkit expert is also
+predicted on the dev set in both precisions: eval examples/s of each and the share of equal
+predictions (the lowest over rounds).
 """
 
 from __future__ import annotations
@@ -174,19 +176,23 @@ def transferkit_run(method: str, registry, splits, data_dir: Path, steps: int, p
         training=TrainingConfig(max_steps=steps, eval_every=steps, seed=seed, precision=precision),
     ))
     run = registry.get_run(expert.run_id)
-    backbone = load_backbone(None, precision=precision)
-    model = load_expert_model(registry, expert, backbone)
-    model.precision = precision
-    dev = tokenize_examples(splits.dev, backbone.tokenizer, MAX_LENGTH, regression=False)
-    start = time.perf_counter()
-    predict(model, dev, 64, backbone.tokenizer.pad_token_id, splits.task)
-    eval_seconds = time.perf_counter() - start
-    model.detach()
+    rates, predictions = {}, {}
+    for at in ("fp32", "bf16"):  # the same stored expert predicted in both precisions: speed and agreement
+        backbone = load_backbone(None, precision=at)
+        model = load_expert_model(registry, expert, backbone)
+        model.precision = at
+        dev = tokenize_examples(splits.dev, backbone.tokenizer, MAX_LENGTH, regression=False)
+        start = time.perf_counter()
+        predictions[at] = predict(model, dev, 64, backbone.tokenizer.pad_token_id, splits.task)
+        rates[at] = len(dev) / (time.perf_counter() - start)
+        model.detach()
     return {
         "train_eps": run.cost["train_examples_per_second"],
         "dev": expert.metrics["dev"]["accuracy"],
         "flops_per_second": run.cost.get("train_flops_per_second"),
-        "eval_eps": len(dev) / eval_seconds,
+        "eval_eps": rates[precision],
+        "eval_eps_fp32": rates["fp32"], "eval_eps_bf16": rates["bf16"],
+        "bf16_agreement": float((predictions["fp32"] == predictions["bf16"]).mean()),
     }
 
 
@@ -253,6 +259,14 @@ def main() -> None:
             ratio = f"{rate / baseline:11.2f}" if baseline else f"{'n/a':>11}"
             print(f"{method:7} {side:17} {rate:10.1f} {ratio} {statistics.median(r['dev'] for r in runs):8.4f} "
                   f"{statistics.median(r['eval_eps'] for r in runs):9.1f}")
+    print(f"\nprediction on the dev set: each transferkit expert predicted in fp32 and in bf16 (eval ex/s, share of equal predictions)")
+    print(f"{'method':7} {'trained in':10} {'fp32 ex/s':>9} {'bf16 ex/s':>9} {'bf16/fp32':>9} {'same':>7}")
+    for method in methods:
+        for precision in precisions:
+            runs = results[(method, f"transferkit {precision}")]
+            fp32_rate, bf16_rate = (statistics.median(r[k] for r in runs) for k in ("eval_eps_fp32", "eval_eps_bf16"))
+            print(f"{method:7} {precision:10} {fp32_rate:9.1f} {bf16_rate:9.1f} {bf16_rate / fp32_rate:9.2f} "
+                  f"{min(r['bf16_agreement'] for r in runs):7.1%}")
     print(f"\nmatmul micro-benchmark (1536^3): fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.1f} GFLOP/s")
     print(f"{'method':7} {'precision':9} {'step GFLOP/s':>12} {'of fp32 matmul':>14} {'of bf16 matmul':>14}")
     for method in methods:
