@@ -9,7 +9,7 @@ from transferkit.backbone import load_backbone
 from transferkit.errors import ArtifactCorruptError, IncompatibleBackboneError
 from transferkit.registry import open_registry
 from transferkit.tasks import load_splits, resolve_task
-from transferkit.training.data import tokenize_examples
+from transferkit.training.data import collate, tokenize_examples
 from transferkit.training.loop import TrainingConfig, predict
 from transferkit.rebuild import load_expert_model
 from transferkit.workflows import SourceJob, train_source
@@ -103,3 +103,20 @@ def test_bf16_precision_trains(registry, shared_data):
     expert = train_source(registry, job)
     assert registry.get_run(expert.run_id).hyperparams["precision"] == "bf16"
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in expert.extra["loss_history"])
+
+
+def test_the_packaged_backbone_in_bf16_attends_by_matrix_products_and_matches_fp32(shared_data):
+    from transferkit.modeling import mean_pool
+
+    reduced, full = load_backbone(None, precision="bf16"), load_backbone(None)
+    assert reduced.model.config._attn_implementation == "eager"  # the CPU SDPA kernel gains nothing from bf16
+    task = resolve_task("superglue/cb")
+    split = tokenize_examples(load_splits(task, shared_data, seed=1).dev, full.tokenizer, 128, regression=False)
+    batch = collate(split, list(range(len(split))), full.tokenizer.pad_token_id)
+    batch.pop("labels")
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = mean_pool(reduced.model(**batch).last_hidden_state.float(), batch["attention_mask"])
+        high = mean_pool(full.model(**batch).last_hidden_state, batch["attention_mask"])
+    similarity = torch.nn.functional.cosine_similarity(low, high, dim=-1)
+    assert len(similarity) == len(split) and float(similarity.min()) > 0.99  # bf16 rounding, the same sentence embedding
