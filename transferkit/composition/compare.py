@@ -115,11 +115,11 @@ class Grid:
             resume=True,  # an interrupted cell continues from its last checkpoint
         )
 
-    def check_stored_cell(self, registry: RegistryStore, expert: ExpertRecord, strategy: str) -> None:
-        """Refuse to count a stored cell that was run with other strategy options than this grid asks for."""
+    @staticmethod
+    def check_stored_cell(registry: RegistryStore, expert: ExpertRecord, job: TransferJob) -> None:
+        """Refuse to count a stored cell that was run with other strategy options than its job asks for."""
         recorded = registry.get_run(expert.run_id).hyperparams.get("job") or {}
-        asked = {"-O": list(self.strategy_options.get(strategy, [])),
-                 "--gate-init": self.gate_init if strategy == "pemt" else "uniform"}
+        asked = {"-O": job.method_options, "--gate-init": job.gate_init}
         stored = {"-O": list(recorded.get("method_options") or []), "--gate-init": recorded.get("gate_init") or "uniform"}
         for flag, value in asked.items():
             if stored[flag] != value:
@@ -165,12 +165,13 @@ def run_grid(registry: RegistryStore, grid: Grid, data_dir: Path | None, model: 
             for strategy in grid.strategies:
                 for seed in grid.seeds:
                     name = grid.cell_name(target, strategy, seed)
+                    job = grid.job(target, strategy, seed, name, data_dir, model, show_progress)
                     stored = _stored(registry, name)
                     if stored:
-                        grid.check_stored_cell(registry, stored, strategy)
+                        grid.check_stored_cell(registry, stored, job)
                         continue
                     _stop_before(stop, name)
-                    transfer(registry, grid.job(target, strategy, seed, name, data_dir, model, show_progress))
+                    transfer(registry, job)
 
 
 def _stop_before(stop: StopRequest, cell: str) -> None:

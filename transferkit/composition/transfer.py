@@ -24,6 +24,7 @@ from transferkit.composition.strategies import STRATEGIES, get_strategy
 from transferkit.embedding import embed_task_data
 from transferkit.errors import InvalidInputError, TransferkitError
 from transferkit.experts import SourceParts, job_expert_name, load_source_parts
+from transferkit.methods import MethodConfig
 from transferkit.modeling import TaskModel
 from transferkit.registry import ExpertRecord, RegistryStore
 from transferkit.task_registry import ensure_task_record, job_task, resolve_registered_task
@@ -39,8 +40,8 @@ class TransferOutcome:
     ranking: list[RankedSource]
 
 
-def validate_job(job: TransferJob) -> Strategy:
-    """Refuse bad options in one line each (the strategy's own refusals and its `-O` options included); returns the strategy."""
+def validate_job(job: TransferJob) -> tuple[Strategy, MethodConfig]:
+    """Refuse bad options in one line each (the strategy's own refusals included); the strategy and its parsed `-O` options."""
     job.validate()
     strategy = get_strategy(job.strategy)
     if not (math.isfinite(job.sparsity_weight) and job.sparsity_weight >= 0):
@@ -52,8 +53,7 @@ def validate_job(job: TransferJob) -> Strategy:
     if job.gate_init not in GATE_INITS:
         raise InvalidInputError(f"--gate-init must be one of {', '.join(GATE_INITS)}, got {job.gate_init!r}")
     strategy.validate(job)
-    strategy.options_class(job).from_options(job.method_options)
-    return strategy
+    return strategy, strategy.options_class(job).from_options(job.method_options)
 
 
 def _embed_source_data(registry: RegistryStore, task_names: set[str], job: TransferJob) -> bool:
@@ -72,9 +72,8 @@ def _embed_source_data(registry: RegistryStore, task_names: set[str], job: Trans
 
 def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
     """Train a target expert with the chosen strategy and store it with lineage and cost."""
-    strategy = validate_job(job)
+    strategy, target_config = validate_job(job)
     task = job_task(registry, job.target, job.task_file, job.data_dir)
-    target_config = strategy.options_class(job).from_options(job.method_options)
     training = job.training
     training.validate()
     backbone = load_backbone(job.model, precision=training.precision)

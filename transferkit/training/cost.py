@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import resource
 import sys
@@ -40,10 +41,7 @@ _RAPL_ROOT = Path("/sys/class/powercap")
 
 
 def _batch_and_matrix(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    batch = 1
-    for size in shape[:-2]:
-        batch *= size
-    return batch, shape[-2], shape[-1]
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
 
 
 def _qr_flops(a_shape: tuple[int, ...], mode: str = "reduced", *args, **kwargs) -> int:

@@ -12,7 +12,7 @@ metrics and keeps the same best parameters. Only trainable parameters (expert + 
 are optimised; the backbone is frozen and, with `precision="bf16"`, run under
 bf16 autocast.
 
-Cost: the first step's forward and backward run under torch's FlopCounterMode; the
+Cost: the first step's forward and backward run under torch's FlopCounterMode (cost.flop_counter); the
 meter extrapolates FLOPs per padded token to every step (batches are dynamically
 padded, so per-token is the honest form of "extrapolated by steps").
 
@@ -47,13 +47,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from transferkit.errors import InvalidInputError, TrainingDivergedError, require
 from transferkit.modeling import TaskModel
 from transferkit.tasks import TaskSpec, compute_metrics, primary_metric
 from transferkit.training.checkpoint import Checkpointer, LoopState, capture_rng
-from transferkit.training.cost import CostMeter, merge_costs
+from transferkit.training.cost import CostMeter, flop_counter, merge_costs
 from transferkit.training.interrupt import StopRequest, stopped_at
 from transferkit.training.schedule import Schedule, evaluations_since_best, improved, plan_schedule
 from transferkit.training.data import (
@@ -316,7 +315,7 @@ def train(
                 labels = batch.pop("labels")
                 padded_tokens = int(batch["input_ids"].numel())
                 # FLOPs are counted on the first step only (the counter slows the step) and extrapolated per padded token
-                counter = FlopCounterMode(display=False) if state.step == 0 else contextlib.nullcontext()
+                counter = flop_counter() if state.step == 0 else contextlib.nullcontext()
                 with counter:
                     logits = model(**batch)
                     loss = loss_fn(logits, labels)
