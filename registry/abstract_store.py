@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from transferkit.registry.artifacts import ArtifactStore
 from transferkit.registry.curation import CurationStore
 from transferkit.registry.entities import (
+    EvaluationRecord,
     ExpertCuration,
     ExpertGroup,
     ExpertRecord,
@@ -146,11 +147,13 @@ class RegistryStore(CurationStore, EvaluationStore, abc.ABC):
         experts: Sequence[tuple[ExpertRecord, bytes]],
         edges: Sequence[LineageEdge],
         curation: Sequence[ExpertCuration] = (),
+        evaluations: Sequence[EvaluationRecord] = (),
     ) -> list[ExpertRecord]:
         """Add records written by another registry exactly as they are (ids, names, times, cost), in one transaction.
 
         `curation` (notes, tags, aliases of the given experts) is merged in the same transaction: a note where the
         expert has none, tags set, aliases that are free here (`transferkit.registry.curation.restore_curation`).
+        `evaluations` of the given experts are added unless stored already (an id with other content is refused).
 
         `experts` pairs each expert with its artifact bytes; `edges` are the lineage edges into those experts.
         Tasks, runs and experts already stored with the same content are kept as they are. A stored record with

@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 from transferkit.errors import InvalidInputError, NotFoundError
 from transferkit.registry.artifacts import ArtifactStore
 from transferkit.registry.curation import restore_curation
-from transferkit.registry.entities import ExpertCuration, ExpertRecord, LineageEdge, RunRecord, TaskRecord
+from transferkit.registry.entities import EvaluationRecord, ExpertCuration, ExpertRecord, LineageEdge, RunRecord, TaskRecord
+from transferkit.registry.evaluations import SPLITS
 from transferkit.registry.lineage_queries import checked_lineage
 from transferkit.registry.mapping import dev_score, require_name, run_record, run_row, to_entity
-from transferkit.registry.rows import CounterRow, ExpertAliasRow, ExpertRow, LineageEdgeRow, RunRow, TaskRow
+from transferkit.registry.rows import CounterRow, EvaluationRow, ExpertAliasRow, ExpertRow, LineageEdgeRow, RunRow, TaskRow
 
 
 class SqlRestore:
@@ -36,11 +37,18 @@ class SqlRestore:
         experts: Sequence[tuple[ExpertRecord, bytes]],
         edges: Sequence[LineageEdge],
         curation: Sequence[ExpertCuration] = (),
+        evaluations: Sequence[EvaluationRecord] = (),
     ) -> list[ExpertRecord]:
         given = {expert.id for expert, _ in experts}
         strangers = sorted({item.expert_id for item in curation} - given)
         if strangers:
             raise InvalidInputError(f"curation is given for experts that are not being restored: {', '.join(strangers)}")
+        unscored = sorted({item.expert_id for item in evaluations} - given)
+        if unscored:
+            raise InvalidInputError(f"evaluations are given for experts that are not being restored: {', '.join(unscored)}")
+        for evaluation in evaluations:
+            if evaluation.split not in SPLITS:
+                raise InvalidInputError(f"evaluation {evaluation.id} has split {evaluation.split!r}, not one of {', '.join(SPLITS)}")
         for task in tasks:
             require_name(task.name, "task name")
         for expert, blob in experts:
@@ -58,6 +66,7 @@ class SqlRestore:
             new_tasks = [task for task in tasks if _is_new_task(session, task)]
             new_runs = [run for run in runs if _is_new_run(session, run)]
             new_experts = [(expert, blob) for expert, blob in experts if _is_new_expert(session, expert)]
+            new_evaluations = [evaluation for evaluation in evaluations if _is_new_evaluation(session, evaluation)]
             stored = set(session.scalars(select(ExpertRow.id).where(ExpertRow.id.in_({e.parent_id for e in edges}))))
             missing = sorted({edge.parent_id for edge in edges} - stored - given)
             if missing:
@@ -93,6 +102,8 @@ class SqlRestore:
             session.flush()
             taken = dict(session.execute(select(ExpertAliasRow.alias, ExpertAliasRow.expert_id)).all())
             restore_curation(session, curation, taken)
+            # Evaluations travel with their expert, whether it was just added or already here.
+            session.add_all(EvaluationRow(**asdict(evaluation)) for evaluation in new_evaluations)
             session.flush()
             return [expert for expert, _ in new_experts]
 
@@ -117,6 +128,16 @@ def _is_new_run(session: Session, run: RunRecord) -> bool:
         return True
     if run_record(row) != run:
         raise InvalidInputError(f"run {run.id} is already in this registry with different content; it cannot be restored over")
+    return False
+
+
+def _is_new_evaluation(session: Session, evaluation: EvaluationRecord) -> bool:
+    """True if the evaluation is new; False if the same one is stored; refused if another has its id."""
+    row = session.get(EvaluationRow, evaluation.id)
+    if row is None:
+        return True
+    if to_entity(EvaluationRecord, row) != evaluation:
+        raise InvalidInputError(f"evaluation {evaluation.id} is already in this registry with different content; it cannot be restored over")
     return False
 
 

@@ -75,7 +75,7 @@ def merge_expert(
     """Store the merged form of a mixture expert; returns it and the largest logit difference on the dev split."""
     source = registry.get_expert(reference)
     if source.method != "mixture":
-        raise InvalidInputError(f"expert {source.name} is a {source.method} expert, not a mixture; nothing to merge")
+        raise InvalidInputError(f"expert {source.name} is of method {source.method}, not a mixture; nothing to merge")
     run = registry.get_run(source.run_id)
     task = resolve_task(source.task_name)
     hyper = run.hyperparams

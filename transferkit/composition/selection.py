@@ -124,7 +124,7 @@ def select_sources(
             )
         if expert.method not in methods:
             raise InvalidInputError(
-                f"source {expert.name} is a {expert.method} expert, which this strategy cannot use; "
+                f"source {expert.name} is an expert of method {expert.method}, which this strategy cannot use; "
                 f"pass {_listed(methods)} experts"
             )
     if len({e.id for e in chosen}) != len(chosen):

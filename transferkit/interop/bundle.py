@@ -4,9 +4,9 @@ A bundle is a gzipped tar of `transferkit-bundle.json` (the manifest) and `artif
 the experts' artifacts byte for byte. The manifest holds the registry's own records of every expert in it
 (config, backbone fingerprint, metrics, artifact digest, created time), the runs that made them (command,
 hyper-parameters, seed, code and package versions, data fingerprints, status, cost), their tasks
-(description, spec, description embedding), the lineage edges into them, and their curation (note, tags,
-aliases; on import a note fills an empty one, tags are set, an alias that points at another expert there is
-left alone and reported). `--with-sources` adds every ancestor, recursively. Bundles are reproducible: the same experts give the same bytes.
+(description, spec, description embedding), the lineage edges into them, their stored evaluations (scores on
+other tasks and files, with intervals and data fingerprints) and their curation (note, tags, aliases; on import a
+note fills an empty one, tags are set, an alias that points at another expert there is left alone and reported). `--with-sources` adds every ancestor, recursively. Bundles are reproducible: the same experts give the same bytes.
 
 Import reads the archive in memory (see `untrusted`), checks every record's fields and types, every
 artifact's digest and safetensors header, and rebuilds every expert on the backbone (method, config,
@@ -35,7 +35,7 @@ from transferkit.interop.output import write_new_file
 from transferkit.interop.staging import StagedExperts, check_expert
 from transferkit.interop.untrusted import DEFAULT_LIMITS, ImportLimits, load_safetensors, parse_json, read_archive
 from transferkit.methods.base import json_value_matches
-from transferkit.registry import ExpertCuration, ExpertRecord, LineageEdge, RegistryStore, RunRecord, TaskRecord
+from transferkit.registry import EvaluationRecord, ExpertCuration, ExpertRecord, LineageEdge, RegistryStore, RunRecord, TaskRecord
 from transferkit.registry.curation import check_alias, check_tag
 
 MANIFEST = "transferkit-bundle.json"
@@ -75,6 +75,11 @@ def export_bundle(registry: RegistryStore, expert: ExpertRecord, out: Path, with
         "experts": [record.to_dict() for record in chosen],
         "lineage": [edge.to_dict() for edge in edges],
         "curation": [curation.to_dict() for curation in registry.curations([record.id for record in chosen]).values()],
+        "evaluations": [
+            evaluation.to_dict()
+            for record in chosen
+            for evaluation in sorted(registry.list_evaluations(expert_id=record.id), key=lambda e: (e.created_at, e.id))
+        ],
     }
     members = {MANIFEST: _json_bytes(manifest)}
     members.update({artifact_member(record): registry.read_artifact(record) for record in chosen})
@@ -128,6 +133,10 @@ def read_bundle(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> tuple[dict
         "lineage": [_record(LineageEdge, item, where) for item in _list(manifest, "lineage", where)],
         # Bundles written before curation travelled have none.
         "curation": [_curation(item, where) for item in (_list(manifest, "curation", where) if "curation" in manifest else [])],
+        # ... and before evaluations did, none.
+        "evaluations": [
+            _record(EvaluationRecord, item, where) for item in (_list(manifest, "evaluations", where) if "evaluations" in manifest else [])
+        ],
     }
     experts: list[ExpertRecord] = records["experts"]
     if not experts:
@@ -166,6 +175,10 @@ def read_bundle(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> tuple[dict
     _require_unique(where, "expert's curation", [c.expert_id for c in records["curation"]])
     if any(c.expert_id not in inside for c in records["curation"]):
         raise InvalidInputError(f"{where} has curation for an expert that is not in the bundle")
+    _require_unique(where, "evaluation", [e.id for e in records["evaluations"]])
+    for evaluation in records["evaluations"]:
+        if evaluation.expert_id not in inside or not _ID.match(evaluation.id):
+            raise InvalidInputError(f"{where} has evaluation {evaluation.id!r} of an expert that is not in the bundle, or a malformed id")
     for edge in records["lineage"]:
         if edge.child_id not in inside:
             raise InvalidInputError(f"{where} has a lineage edge into {edge.child_id}, which is not in the bundle")
@@ -205,6 +218,7 @@ def import_bundle(
     skipped = sorted(a for c in records["curation"] for a in c.aliases if taken.get(a, c.expert_id) != c.expert_id)
     added = registry.restore(
         records["tasks"], records["runs"], [(e, blobs[e.id]) for e in experts], records["lineage"], records["curation"],
+        records["evaluations"],
     )
     added_ids = {e.id for e in added}
     return {
