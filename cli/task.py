@@ -89,12 +89,14 @@ def show_command(
         _print_files_and_split(task)
 
 
+_FOUND_BY = {"spec": "next to the spec", "data_dir": "under the data dir", "absolute": "absolute path"}
+
+
 def _print_files_and_split(task) -> None:
     for file in task.files:
         label = f", label {file.label!r}" if file.label is not None else ""
         split = f", split {file.split}" if file.split else ""
-        out.print(f"  {file.path} ({file.format}, {file.rows:,} rows{label}{split}, from the {file.base.replace('_', ' ')}) "
-                  f"sha256 {file.sha256[:16]}…")
+        out.print(f"  {file.path} ({file.format}, {file.rows:,} rows{label}{split}, {_FOUND_BY[file.base]}) sha256 {file.sha256[:16]}…")
     fractions = task.holdout.fractions()
     if fractions:
         seed = task.holdout.seed if task.holdout.seed is not None else "the run's --seed"

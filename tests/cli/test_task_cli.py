@@ -28,7 +28,7 @@ def test_task_add_show_and_list(tmp_path):
 
     added = run_cli("--registry", registry, "task", "add", "reviews.toml", *data_dir, cwd=tmp_path)
     assert added.returncode == 0, added.stderr
-    assert "added task shop/reviews: 20 examples in 1 file(s)" in added.stdout and "from the data dir" in added.stdout
+    assert "added task shop/reviews: 20 examples in 1 file(s)" in added.stdout and "under the data dir" in added.stdout
     again = json.loads(run_cli("--registry", registry, "task", "add", "reviews.toml", "--json", *data_dir, cwd=tmp_path).stdout)
     assert again["status"] == "unchanged" and again["task"]["files"][0]["rows"] == 20
 
