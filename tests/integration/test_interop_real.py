@@ -1,5 +1,5 @@
 """PEFT and bundles on the real MiniLM and real RTE data: exported experts give transferkit's logits in PEFT, adapters
-PEFT made import and compute what PEFT computes, and a bundle restores with identical `inspect --json`."""
+PEFT made import and compute what PEFT computes, and a bundle restores with identical `inspect --json` (evaluations included)."""
 
 from __future__ import annotations
 
@@ -126,8 +126,11 @@ def test_adapters_made_by_peft_import_and_compute_the_same(kind, trained, rte_pa
         model.detach()
 
 
-def test_a_real_bundle_restores_with_identical_inspect(trained, tmp_path):
+def test_a_real_bundle_restores_with_identical_inspect(trained, shared_data, tmp_path):
     url, experts, _ = trained
+    scored = run_cli("--registry", url, "--data-dir", str(shared_data), "evaluate", experts["lora"].id, "--task", "rte", "--split", "dev",
+                     "--json", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
     bundle = tmp_path / "lora.transferkit.tar.gz"
     export_expert(open_registry(url), experts["lora"], "bundle", bundle)
     target = f"sqlite:///{tmp_path}/target.db"
@@ -137,3 +140,6 @@ def test_a_real_bundle_restores_with_identical_inspect(trained, tmp_path):
     assert restored == original  # as printed, byte for byte
     details = json.loads(restored)
     assert details["run"]["data_fingerprint"]["fingerprint"] and details["cost"]["examples"] == 16
+    (evaluation,) = details["evaluations"]
+    stored = json.loads(scored.stdout)
+    assert (evaluation["id"], evaluation["score"]) == (stored["id"], stored["score"]) and evaluation["split"] == "dev"
