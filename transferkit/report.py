@@ -13,7 +13,6 @@ import io
 import os
 import shutil
 import uuid
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from transferkit.accounting import aggregate, expert_costs
-from transferkit.composition.grids import ARMS, grid_cells
+from transferkit.composition.grids import ARMS, stored_grids
 from transferkit.durable import write_failure
 from transferkit.errors import OutputError
 from transferkit.insights import EMA_ALPHA, cosine_matrix, dev_curve, loss_curve, mean_curve, unit_embeddings
@@ -122,11 +121,6 @@ def _short(task: str) -> str:
     return task.split("/")[-1]
 
 
-def _primary_test(expert: ExpertRecord) -> float | None:
-    value = expert.metrics.get("test", {}).get(expert.metrics.get("primary"))
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 # --- 1. task similarity -------------------------------------------------------------------------
 
 
@@ -201,38 +195,27 @@ def gates_section(experts: list[ExpertRecord], files: dict[str, bytes]) -> Secti
 
 
 def compare_section(registry: RegistryStore, files: dict[str, bytes]) -> Section:
-    section = Section("compare", "Compare grids (test primary metric, mean ± std over seeds)")
+    section = Section("compare", "Compare grids (test primary metric ×100: mean over seeds [95% interval]; paired difference to scratch)")
     section.data = {}
     tables = []
-    for grid_name, cells in sorted(grid_cells(registry).items()):
-        rows = []
-        for (target, strategy), group in sorted(cells.items(), key=lambda item: (item[0][0], ARMS.index(item[0][1]))):
-            scores = [s for e in group if (s := _primary_test(e)) is not None]
-            if not scores:
-                continue
-            costs = [registry.get_run(e.run_id).cost for e in group]
-            walls = [c.get("wall_seconds") or 0.0 for c in costs]
-            flops = [c.get("train_flops") for c in costs]
-            rows.append({
-                "target": target, "strategy": strategy, "metric": group[0].metrics["primary"], "seeds": len(scores),
-                "mean": statistics.mean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                "wall_seconds": statistics.mean(walls),
-                "train_flops": statistics.mean(flops) if all(isinstance(f, (int, float)) for f in flops) else None,
-            })
+    for grid in stored_grids(registry):
+        key, arm_key = ("task", "method") if grid.kind == "methods" else ("target", "strategy")
+        # The rows `transferkit compare --json` prints for this grid, with the arm under one key for both kinds.
+        rows = [{**row, "target": row[key], "strategy": row[arm_key]} for row in grid.rows(registry)]
         if not rows:
             continue
-        section.data[grid_name] = rows
-        section.figures.append(_save(_grouped_bars(grid_name, rows), files, f"compare-{grid_name}.png"))
+        section.data[grid.name] = rows
+        section.figures.append(_save(_grouped_bars(grid.name, rows), files, f"compare-{grid.name}.png"))
         body = "".join(
             f"<tr><td>{html.escape(r['target'])}</td><td>{html.escape(r['metric'])}</td><td>{html.escape(r['strategy'])}</td>"
-            f"<td class=num>{100 * r['mean']:.1f} ± {100 * r['std']:.1f}</td><td class=num>{r['seeds']}</td>"
+            f"<td class=num>{_score_text(r)}</td><td class=num>{_versus_text(r.get('versus_scratch'))}</td><td class=num>{r['seeds']}</td>"
             f"<td class=num>{r['wall_seconds']:.1f}</td>"
-            f"<td class=num>{'-' if r['train_flops'] is None else format(r['train_flops'] / 1e12, '.3f')}</td></tr>"
+            f"<td class=num>{'-' if r.get('train_flops') is None else format(r['train_flops'] / 1e12, '.3f')}</td></tr>"
             for r in rows
         )
         tables.append(
-            f"<h3>grid {html.escape(grid_name)}</h3><table><tr><th>target</th><th>metric</th><th>strategy / method</th>"
-            f"<th>score ×100</th><th>seeds</th><th>mean wall s</th><th>mean TFLOPs</th></tr>{body}</table>"
+            f"<h3>grid {html.escape(grid.name)}</h3><table><tr><th>target</th><th>metric</th><th>strategy / method</th>"
+            f"<th>score ×100</th><th>vs scratch</th><th>seeds</th><th>mean wall s</th><th>mean TFLOPs</th></tr>{body}</table>"
         )
     section.table_html = "".join(tables)
     if not section.figures:
@@ -240,20 +223,48 @@ def compare_section(registry: RegistryStore, files: dict[str, bytes]) -> Section
     return section
 
 
+def _span(row: dict) -> tuple[float, float, float]:
+    """(mean, low, high) ×100: the 95% interval, or mean ± std over seeds where the cells kept no test predictions."""
+    interval = row.get("interval")
+    if interval:
+        return 100 * interval["mean"], 100 * interval["low"], 100 * interval["high"]
+    return 100 * row["mean"], 100 * (row["mean"] - row["std"]), 100 * (row["mean"] + row["std"])
+
+
+def _score_text(row: dict) -> str:
+    """Mean [95% interval] where the cells kept their test predictions; else mean ± std over seeds."""
+    if row.get("interval"):
+        mean, low, high = _span(row)
+        return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+    return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}"
+
+
+def _versus_text(versus: dict | None) -> str:
+    if not versus:
+        return "-"
+    verdict = "better" if versus["low"] > 0 else "worse" if versus["high"] < 0 else "tie"
+    return (f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] "
+            f"{versus['wins']}W/{versus['losses']}L {verdict}")
+
+
 def _grouped_bars(grid_name: str, rows: list[dict]) -> Any:
+    """Bars at each cell's mean; whiskers at its 95% interval (mean ± std for cells without test predictions)."""
     targets = list(dict.fromkeys(r["target"] for r in rows))
     strategies = [s for s in ARMS if any(r["strategy"] == s for r in rows)]
     width = 0.8 / len(strategies)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(targets) + 2), 4.5))
     for k, strategy in enumerate(strategies):
         cells = {r["target"]: r for r in rows if r["strategy"] == strategy}
-        xs = [i + (k - (len(strategies) - 1) / 2) * width for i, t in enumerate(targets) if t in cells]
         present = [t for t in targets if t in cells]
-        ax.bar(xs, [100 * cells[t]["mean"] for t in present], width, yerr=[100 * cells[t]["std"] for t in present], capsize=3, label=strategy)
+        xs = [targets.index(t) + (k - (len(strategies) - 1) / 2) * width for t in present]
+        spans = [_span(cells[t]) for t in present]
+        means = [mean for mean, _, _ in spans]
+        whiskers = [[mean - low for mean, low, _ in spans], [high - mean for mean, _, high in spans]]
+        ax.bar(xs, means, width, yerr=whiskers, capsize=3, label=strategy)
     ax.set_xticks(range(len(targets)), [f"{_short(t)}\n({next(r['metric'] for r in rows if r['target'] == t)})" for t in targets])
     ax.set_ylabel("test primary metric ×100")
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_title(f"grid {grid_name}: mean ± std over seeds")
+    ax.set_title(f"grid {grid_name}: mean over seeds, 95% interval")
     ax.legend(ncol=len(strategies), fontsize=8)
     fig.tight_layout()
     return fig

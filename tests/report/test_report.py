@@ -48,6 +48,9 @@ def filled(tmp_path) -> str:
         for seed, score in enumerate(scores, start=1):
             cell = f"gx-{target.split('/')[-1]}-{strategy}-s{seed}"
             extra: dict = {"strategy": strategy}
+            if target == "glue/rte":  # RTE's cells keep their test predictions (100 examples): intervals and paired differences
+                right = round(100 * score)
+                extra["test_outputs"] = {"predictions": [1] * right + [0] * (100 - right), "labels": [1] * 100}
             if strategy == "pemt":
                 first = 0.3 + seed / 10
                 extra["gate_weights"] = {
@@ -96,12 +99,22 @@ def test_report_figures_and_compare_numbers(filled, tmp_path):
         assert width > 300 and height > 300, (name, width, height)
     assert "no data" not in page.lower()
 
-    for (target, strategy), scores in SCORES.items():
-        mean, std = 100 * statistics.mean(scores), 100 * statistics.stdev(scores)
-        row = f"<td>{target}</td><td>accuracy</td><td>{strategy}</td><td class=num>{mean:.1f} ± {std:.1f}</td><td class=num>3</td><td class=num>20.0</td>"
-        assert row in page, row
     rows = {(r["target"], r["strategy"]): r for r in next(s for s in result.sections if s.key == "compare").data["gx"]}
     assert set(rows) == set(SCORES) and rows[("glue/rte", "pemt")]["seeds"] == 3
+    # Cells with test predictions: mean [95% interval] and the paired difference to scratch, as `compare` computes them.
+    for strategy in ("pemt", "scratch"):
+        interval = rows[("glue/rte", strategy)]["interval"]
+        assert interval["mean"] == pytest.approx(statistics.mean(SCORES[("glue/rte", strategy)]))
+        assert interval["low"] < interval["mean"] < interval["high"]
+        shown = f"<td class=num>{100 * interval['mean']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]</td>"
+        assert f"<td>glue/rte</td><td>accuracy</td><td>{strategy}</td>{shown}" in page
+    versus = rows[("glue/rte", "pemt")]["versus_scratch"]
+    assert (versus["wins"], versus["losses"]) == (3, 0) and versus["low"] > 0
+    assert f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] 3W/0L better" in page
+    # Cells without them (CB): mean ± std over seeds, no comparison.
+    mean, std = 100 * statistics.mean(SCORES[("superglue/cb", "pemt")]), 100 * statistics.stdev(SCORES[("superglue/cb", "pemt")])
+    assert (f"<td>superglue/cb</td><td>accuracy</td><td>pemt</td><td class=num>{mean:.1f} ± {std:.1f}</td><td class=num>-</td>"
+            "<td class=num>3</td><td class=num>20.0</td>") in page
     method_rows = {r["strategy"]: r for r in next(s for s in result.sections if s.key == "compare").data["mx"]}
     assert set(method_rows) == set(METHOD_SCORES) and "compare-mx.png" in referenced
     assert method_rows["lora"]["mean"] == pytest.approx(0.60) and method_rows["prompt"]["seeds"] == 3
