@@ -71,11 +71,13 @@ def compare_command(
     prompt_lr: PromptLrOption = 2e-3,
     model: Annotated[Optional[str], typer.Option(help="Backbone (must match the sources').")] = None,
     render_only: Annotated[bool, typer.Option("--render-only", help="Only print the table from stored cells.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the transfer grid's table as GitHub Markdown (for a README).")] = False,
     locations: StoreOptions = None,
     output: OutputOptions = None,
 ) -> None:
     """Run (or resume) the transfer grid, or with --methods the method grid, and print the official test metric per cell: mean over seeds, 95% interval, paired difference to scratch."""
     from transferkit.composition.compare import Grid, GridBudget, collect, run_grid
+    from transferkit.composition.grids import gates_text, markdown_table, score_text, versus_text
 
     options = store_options(ctx, locations)
     try:
@@ -85,9 +87,11 @@ def compare_command(
     budget = GridBudget(
         max_steps=max_steps, epochs=epochs, patience=patience, batch_size=batch_size, precision=precision, prompt_lr=prompt_lr
     )
+    if markdown and output.as_json:
+        raise TransferkitError("--markdown and --json each choose the output; pass one")
     if methods is not None:
-        if strategies is not None or sources is not None or strategy_option:
-            raise TransferkitError("--methods compares source methods; drop --strategies, --sources and -O")
+        if strategies is not None or sources is not None or strategy_option or markdown:
+            raise TransferkitError("--methods compares source methods; drop --strategies, --sources, -O and --markdown")
         _compare_methods(options, grid, _csv(targets), _csv(methods), seed_values, budget, model, render_only, output.as_json, output.quiet)
         return
     spec = Grid(
@@ -103,6 +107,9 @@ def compare_command(
     if output.as_json:
         print_json(rows)
         return
+    if markdown:
+        print(markdown_table(rows))
+        return
     table = Table(
         title=f"transfer grid {grid}: test metric x 100, mean over seeds [95% interval over seeds and test examples]; "
               "vs scratch: paired difference [95% interval] wins/losses (an interval containing 0 is a tie)"
@@ -111,8 +118,8 @@ def compare_command(
         table.add_column(column)
     for row in rows:
         flops = "-" if row["train_flops"] is None else f"{row['train_flops'] / 1e12:.2f}"
-        table.add_row(row["target"], row["metric"], row["strategy"], _score_cell(row), _versus_cell(row["versus_scratch"]),
-                      str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", flops, _gates_cell(row))
+        table.add_row(row["target"], row["metric"], row["strategy"], score_text(row), versus_text(row["versus_scratch"]),
+                      str(row["seeds"]), f"{row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f})", flops, gates_text(row))
     out.print(table)
 
 
@@ -125,28 +132,6 @@ def _strategy_options(given: list[str]) -> dict[str, list[str]]:
             raise TransferkitError(f"-O takes STRATEGY:KEY=VALUE (e.g. merge:combine=ties), got {item!r}")
         options.setdefault(strategy.strip(), []).append(option.strip())
     return options
-
-
-def _score_cell(row: dict) -> str:
-    interval = row["interval"]
-    if interval is None:  # cells stored before per-example test outputs were kept
-        return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} (std)"
-    return f"{100 * interval['mean']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
-
-
-def _versus_cell(versus: dict | None) -> str:
-    if versus is None:
-        return "-"
-    verdict = "tie" if versus["low"] <= 0 <= versus["high"] else ("better" if versus["low"] > 0 else "worse")
-    return (f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] "
-            f"{versus['wins']}W/{versus['losses']}L {verdict}")
-
-
-def _gates_cell(row: dict) -> str:
-    gates = ", ".join(f"{g['source']} {g['weight']:.2f}" for g in row["top_gates"])
-    if row.get("zero_expert_gate") is not None:
-        gates += f"; none {row['zero_expert_gate']:.2f}"
-    return gates or "-"
 
 
 def _compare_methods(

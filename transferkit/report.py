@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from transferkit.accounting import aggregate, expert_costs
-from transferkit.composition.grids import ARMS, stored_grids
+from transferkit.composition.grids import ARMS, score_text, stored_grids, versus_text
 from transferkit.durable import write_failure
 from transferkit.errors import OutputError
 from transferkit.insights import EMA_ALPHA, cosine_matrix, dev_curve, loss_curve, mean_curve, unit_embeddings
@@ -208,7 +208,7 @@ def compare_section(registry: RegistryStore, files: dict[str, bytes]) -> Section
         section.figures.append(_save(_grouped_bars(grid.name, rows), files, f"compare-{grid.name}.png"))
         body = "".join(
             f"<tr><td>{html.escape(r['target'])}</td><td>{html.escape(r['metric'])}</td><td>{html.escape(r['strategy'])}</td>"
-            f"<td class=num>{_score_text(r)}</td><td class=num>{_versus_text(r.get('versus_scratch'))}</td><td class=num>{r['seeds']}</td>"
+            f"<td class=num>{score_text(r)}</td><td class=num>{versus_text(r.get('versus_scratch'))}</td><td class=num>{r['seeds']}</td>"
             f"<td class=num>{r['wall_seconds']:.1f}</td>"
             f"<td class=num>{'-' if r.get('train_flops') is None else format(r['train_flops'] / 1e12, '.3f')}</td></tr>"
             for r in rows
@@ -229,22 +229,6 @@ def _span(row: dict) -> tuple[float, float, float]:
     if interval:
         return 100 * interval["mean"], 100 * interval["low"], 100 * interval["high"]
     return 100 * row["mean"], 100 * (row["mean"] - row["std"]), 100 * (row["mean"] + row["std"])
-
-
-def _score_text(row: dict) -> str:
-    """Mean [95% interval] where the cells kept their test predictions; else mean ± std over seeds."""
-    if row.get("interval"):
-        mean, low, high = _span(row)
-        return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
-    return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}"
-
-
-def _versus_text(versus: dict | None) -> str:
-    if not versus:
-        return "-"
-    verdict = "better" if versus["low"] > 0 else "worse" if versus["high"] < 0 else "tie"
-    return (f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] "
-            f"{versus['wins']}W/{versus['losses']}L {verdict}")
 
 
 def _grouped_bars(grid_name: str, rows: list[dict]) -> Any:

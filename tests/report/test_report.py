@@ -113,7 +113,7 @@ def test_report_figures_and_compare_numbers(filled, tmp_path):
     assert f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] 3W/0L better" in page
     # Cells without them (CB): mean ± std over seeds, no comparison.
     mean, std = 100 * statistics.mean(SCORES[("superglue/cb", "pemt")]), 100 * statistics.stdev(SCORES[("superglue/cb", "pemt")])
-    assert (f"<td>superglue/cb</td><td>accuracy</td><td>pemt</td><td class=num>{mean:.1f} ± {std:.1f}</td><td class=num>-</td>"
+    assert (f"<td>superglue/cb</td><td>accuracy</td><td>pemt</td><td class=num>{mean:.1f} ± {std:.1f} (std)</td><td class=num>-</td>"
             "<td class=num>3</td><td class=num>20.0</td>") in page
     method_rows = {r["strategy"]: r for r in next(s for s in result.sections if s.key == "compare").data["mx"]}
     assert set(method_rows) == set(METHOD_SCORES) and "compare-mx.png" in referenced
