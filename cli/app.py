@@ -16,6 +16,7 @@ from rich.table import Table
 
 from transferkit.cli.common import (
     DEFAULT_SPARSITY_WEIGHT,
+    compact_json,
     SparsityWeightOption,
     ArtifactsOption,
     DataDirOption,
@@ -277,14 +278,14 @@ def _render_inspect(details: dict) -> None:
     metrics = e["metrics"]
     rows = [
         ("task", f"{e['task_name']}: {details['task']['description']}"),
-        ("method", f"{e['method']} {json.dumps(e['config'])}"),
+        ("method", f"{e['method']} {compact_json(e['config'])}"),
         ("trainable params", f"{e['trainable_params']:,}"),
         ("backbone", f"{e['backbone'].get('name')} [{e['backbone_id']}]"),
         ("metrics (dev)", json.dumps(metrics.get("dev"))),
         ("metrics (test)", json.dumps(metrics.get("test"))),
         ("artifact", f"{details['artifact']['uri']} sha256 {e['artifact_sha256'][:16]}… verified"),
         ("run", f"{run['id']} {run['status']} seed {run['seed']}: {' '.join(run['command'])}"),
-        ("hyper-parameters", json.dumps(run["hyperparams"])),
+        ("hyper-parameters", compact_json(run["hyperparams"])),
         ("data", json.dumps({k: run["data_fingerprint"].get(k) for k in ("fingerprint", "sizes", "protocol")})),
         ("code", json.dumps(run["code_version"])),
         (

@@ -156,3 +156,18 @@ def primary_value(metrics: dict, split: str) -> str:
 
 def mib(value) -> str:
     return f"{value / 2**20:.0f} MiB" if isinstance(value, (int, float)) else "-"
+
+
+def compact_json(value, max_items: int = 4) -> str:
+    """JSON for a table cell: lists longer than `max_items` keep their first items and say how many more there are
+    (a LoRAHub search records every evaluation); `--json` prints everything."""
+
+    def shorten(item):
+        if isinstance(item, dict):
+            return {key: shorten(inner) for key, inner in item.items()}
+        if isinstance(item, list):
+            kept = [shorten(inner) for inner in item[:max_items]]
+            return kept + [f"... {len(item) - max_items} more (see --json)"] if len(item) > max_items else kept
+        return item
+
+    return json.dumps(shorten(value))

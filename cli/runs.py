@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 
 from rich.table import Table
-from transferkit.cli.common import out, print_json
+from transferkit.cli.common import compact_json, out, print_json
 
 from transferkit.durable import size_text
 from transferkit.errors import InvalidInputError, NotFoundError
@@ -59,7 +59,7 @@ def inspect_run(registry: RegistryStore, run: RunRecord, as_json: bool) -> None:
         ("process", f"{run.pid} on {run.host}" if run.pid is not None else "-"),
         ("checkpoint", _checkpoint(state) + (f" in {state.checkpoint.path}" if state.checkpoint else "")),
         ("resume", state.note),
-        ("hyper-parameters", json.dumps(run.hyperparams)),
+        ("hyper-parameters", compact_json(run.hyperparams)),
         ("cost", json.dumps(run.cost)),
     ]
     for key, value in rows:
