@@ -77,7 +77,7 @@ def compare_command(
 ) -> None:
     """Run (or resume) the transfer grid, or with --methods the method grid, and print the official test metric per cell: mean over seeds, 95% interval, paired difference to scratch."""
     from transferkit.composition.compare import Grid, GridBudget, collect, run_grid
-    from transferkit.composition.grids import gates_text, markdown_table, score_text, versus_text
+    from transferkit.composition.grid_text import gates_text, markdown_table, score_text, versus_text
 
     options = store_options(ctx, locations)
     try:

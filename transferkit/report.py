@@ -26,7 +26,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from transferkit.accounting import aggregate, expert_costs
-from transferkit.composition.grids import ARMS, score_text, stored_grids, versus_text
+from transferkit.composition.grid_text import score_text, versus_text
+from transferkit.composition.grids import ARMS, stored_grids
 from transferkit.durable import write_failure
 from transferkit.errors import OutputError
 from transferkit.insights import EMA_ALPHA, cosine_matrix, dev_curve, loss_curve, mean_curve, unit_embeddings

@@ -17,6 +17,7 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from transferkit.composition.grid_text import gates_text, score_text, versus_text
 from transferkit.version import __version__
 from transferkit.ui.security import redact_paths
 
@@ -61,7 +62,7 @@ environment = Environment(
     loader=FileSystemLoader(TEMPLATES), autoescape=True, finalize=_finalize, undefined=StrictUndefined,
     trim_blocks=True, lstrip_blocks=True,
 )
-environment.filters.update(number=number, percent=percent, when=when, exact=exact)
+environment.filters.update(number=number, percent=percent, when=when, exact=exact, score=score_text, versus=versus_text, gates=gates_text)
 environment.globals.update(version=__version__)
 
 

@@ -1,0 +1,53 @@
+"""A grid's rows as text, one wording everywhere: the `compare` table, `compare --markdown`, the static report and
+the web UI's Compare page. Plain string formatting (no torch), so the web UI's templates can use it as filters."""
+
+from __future__ import annotations
+
+
+def score_text(row: dict) -> str:
+    """The test score ×100: `mean [low, high]` (95% interval), or `mean ± std (std)` for cells stored without test
+    predictions (and for method grids, which have no interval)."""
+    interval = row.get("interval")
+    if not interval:
+        return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} (std)"
+    return f"{100 * interval['mean']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
+
+
+def verdict(versus: dict) -> str:
+    """better / worse when the paired interval excludes 0, else tie."""
+    return "tie" if versus["low"] <= 0 <= versus["high"] else ("better" if versus["low"] > 0 else "worse")
+
+
+def versus_text(versus: dict | None) -> str:
+    """The paired difference to scratch ×100 with its 95% interval, wins/losses over seeds and the verdict."""
+    if not versus:
+        return "-"
+    return (f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] "
+            f"{versus['wins']}W/{versus['losses']}L {verdict(versus)}")
+
+
+def gates_text(row: dict) -> str:
+    """The largest mean gate weights (merge, lorahub: the sources' weights; arrow: routed shares) and the zero expert's."""
+    gates = ", ".join(f"{g['source']} {g['weight']:.2f}" for g in row.get("top_gates") or [])
+    if row.get("zero_expert_gate") is not None:
+        gates += f"; none {row['zero_expert_gate']:.2f}"
+    return gates or "-"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A transfer grid's rows as a GitHub Markdown table, for a README or a paper's notes."""
+    lines = [
+        "| target (metric) | strategy | score ×100 [95% interval] | vs scratch [95% interval], W/L | seeds | wall s mean (max) "
+        "| TFLOPs | largest mean gates; zero expert |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        versus = versus_text(row.get("versus_scratch"))
+        if row.get("versus_scratch") and verdict(row["versus_scratch"]) != "tie":
+            versus = versus.replace(verdict(row["versus_scratch"]), f"**{verdict(row['versus_scratch'])}**")
+        flops = "-" if row.get("train_flops") is None else f"{row['train_flops'] / 1e12:.1f}"
+        lines.append(
+            f"| {row['target']} ({row['metric']}) | {row['strategy']} | {score_text(row)} | {versus} | {row['seeds']} "
+            f"| {row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f}) | {flops} | {gates_text(row)} |"
+        )
+    return "\n".join(lines)
