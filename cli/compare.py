@@ -71,7 +71,7 @@ def compare_command(
     prompt_lr: PromptLrOption = 2e-3,
     model: Annotated[Optional[str], typer.Option(help="Backbone (must match the sources').")] = None,
     render_only: Annotated[bool, typer.Option("--render-only", help="Only print the table from stored cells.")] = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print the transfer grid's table as GitHub Markdown (for a README).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the grid's table as GitHub Markdown (for a README).")] = False,
     locations: StoreOptions = None,
     output: OutputOptions = None,
 ) -> None:
@@ -90,9 +90,10 @@ def compare_command(
     if markdown and output.as_json:
         raise TransferkitError("--markdown and --json each choose the output; pass one")
     if methods is not None:
-        if strategies is not None or sources is not None or strategy_option or markdown:
-            raise TransferkitError("--methods compares source methods; drop --strategies, --sources, -O and --markdown")
-        _compare_methods(options, grid, _csv(targets), _csv(methods), seed_values, budget, model, render_only, output.as_json, output.quiet)
+        if strategies is not None or sources is not None or strategy_option:
+            raise TransferkitError("--methods compares source methods; drop --strategies, --sources and -O")
+        _compare_methods(options, grid, _csv(targets), _csv(methods), seed_values, budget, model, render_only, output.as_json,
+                         output.quiet, markdown)
         return
     spec = Grid(
         name=grid, targets=_csv(targets), strategies=_csv(strategies or "scratch,spot,average,pemt"), seeds=seed_values,
@@ -136,9 +137,10 @@ def _strategy_options(given: list[str]) -> dict[str, list[str]]:
 
 def _compare_methods(
     options: GlobalOptions, grid: str, tasks: list[str], methods: list[str], seeds: list[int], budget, model: str | None,
-    render_only: bool, as_json: bool, quiet: bool,
+    render_only: bool, as_json: bool, quiet: bool, markdown: bool,
 ) -> None:
     from transferkit.composition.compare import MethodGrid, collect_methods, run_method_grid
+    from transferkit.composition.grid_text import methods_markdown_table
 
     spec = MethodGrid(name=grid, tasks=tasks, methods=methods, seeds=seeds, budget=budget)
     registry = registry_from(options)
@@ -147,6 +149,9 @@ def _compare_methods(
     rows = collect_methods(registry, spec)
     if as_json:
         print_json(rows)
+        return
+    if markdown:
+        print(methods_markdown_table(rows))
         return
     table = Table(title=f"method grid {grid}: test metric, mean ± std over seeds")
     for column in ("task", "metric", "method", "score", "seeds", "trainable params", "train ex/s", "peak memory", "wall s"):

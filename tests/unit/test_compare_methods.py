@@ -63,4 +63,8 @@ def test_cli_compare_methods_json_and_render_only(registry_url, tiny_model_dir, 
     # The same main() in this process: a new interpreter would import torch again for a table and a refusal.
     rendered = run_cli_in_process(*base, "--render-only", cwd=tmp_path)
     assert rendered.returncode == 0 and "adapter" in rendered.stdout and "train ex/s" in rendered.stdout
+    markdown = run_cli_in_process(*base, "--render-only", "--markdown", cwd=tmp_path)
+    header, _, line = markdown.stdout.strip().splitlines()
+    assert header.startswith("| task (metric) | method |")
+    assert line.startswith(f"| superglue/cb (accuracy) | adapter | {100 * row['mean']:.1f} ± 0.0 | 1 | {row['trainable_params']:,} |")
     assert_one_line_error(run_cli_in_process(*base, "--strategies", "pemt", cwd=tmp_path), "--methods")

@@ -51,3 +51,19 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f}) | {flops} | {gates_text(row)} |"
         )
     return "\n".join(lines)
+
+
+def methods_markdown_table(rows: list[dict]) -> str:
+    """A method grid's rows (`compare --methods`) as a GitHub Markdown table."""
+    lines = [
+        "| task (metric) | method | score ×100 (mean ± std) | seeds | trainable params | train ex/s | peak memory MiB | wall s mean |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        rate, peak = row.get("train_examples_per_second"), row.get("peak_memory_bytes")
+        lines.append(
+            f"| {row['task']} ({row['metric']}) | {row['method']} | {100 * row['mean']:.1f} ± {100 * row['std']:.1f} | {row['seeds']} "
+            f"| {row['trainable_params']:,} | {'-' if rate is None else f'{rate:.1f}'} | {'-' if peak is None else f'{peak / 2**20:.0f}'} "
+            f"| {row['wall_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
