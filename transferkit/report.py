@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from transferkit.accounting import aggregate, expert_costs
-from transferkit.composition.grid_text import score_text, versus_text
+from transferkit.composition.grid_text import score_span, score_text, versus_text
 from transferkit.composition.grids import ARMS, stored_grids
 from transferkit.durable import write_failure
 from transferkit.errors import OutputError
@@ -224,14 +224,6 @@ def compare_section(registry: RegistryStore, files: dict[str, bytes]) -> Section
     return section
 
 
-def _span(row: dict) -> tuple[float, float, float]:
-    """(mean, low, high) ×100: the 95% interval, or mean ± std over seeds where the cells kept no test predictions."""
-    interval = row.get("interval")
-    if interval:
-        return 100 * interval["mean"], 100 * interval["low"], 100 * interval["high"]
-    return 100 * row["mean"], 100 * (row["mean"] - row["std"]), 100 * (row["mean"] + row["std"])
-
-
 def _grouped_bars(grid_name: str, rows: list[dict]) -> Any:
     """Bars at each cell's mean; whiskers at its 95% interval (mean ± std for cells without test predictions)."""
     targets = list(dict.fromkeys(r["target"] for r in rows))
@@ -242,7 +234,7 @@ def _grouped_bars(grid_name: str, rows: list[dict]) -> Any:
         cells = {r["target"]: r for r in rows if r["strategy"] == strategy}
         present = [t for t in targets if t in cells]
         xs = [targets.index(t) + (k - (len(strategies) - 1) / 2) * width for t in present]
-        spans = [_span(cells[t]) for t in present]
+        spans = [score_span(cells[t]) for t in present]
         means = [mean for mean, _, _ in spans]
         whiskers = [[mean - low for mean, low, _ in spans], [high - mean for mean, _, high in spans]]
         ax.bar(xs, means, width, yerr=whiskers, capsize=3, label=strategy)

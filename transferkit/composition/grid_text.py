@@ -4,13 +4,21 @@ the web UI's Compare page. Plain string formatting (no torch), so the web UI's t
 from __future__ import annotations
 
 
-def score_text(row: dict) -> str:
-    """The test score ×100: `mean [low, high]` (95% interval), or `mean ± std (std)` for cells stored without test
+def score_span(row: dict) -> tuple[float, float, float]:
+    """(mean, low, high) ×100 for a chart: the 95% interval, or mean ± std over seeds for cells stored without test
     predictions (and for method grids, which have no interval)."""
     interval = row.get("interval")
-    if not interval:
+    if interval:
+        return 100 * interval["mean"], 100 * interval["low"], 100 * interval["high"]
+    return 100 * row["mean"], 100 * (row["mean"] - row["std"]), 100 * (row["mean"] + row["std"])
+
+
+def score_text(row: dict) -> str:
+    """The test score ×100: `mean [low, high]` (95% interval), or `mean ± std (std)` where `score_span` falls back."""
+    if not row.get("interval"):
         return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} (std)"
-    return f"{100 * interval['mean']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
+    mean, low, high = score_span(row)
+    return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
 
 
 def verdict(versus: dict) -> str:
@@ -18,12 +26,15 @@ def verdict(versus: dict) -> str:
     return "tie" if versus["low"] <= 0 <= versus["high"] else ("better" if versus["low"] > 0 else "worse")
 
 
-def versus_text(versus: dict | None) -> str:
-    """The paired difference to scratch ×100 with its 95% interval, wins/losses over seeds and the verdict."""
+def versus_text(versus: dict | None, emphasis: str = "") -> str:
+    """The paired difference to scratch ×100 with its 95% interval, wins/losses over seeds and the verdict
+    (a better/worse verdict wrapped in `emphasis`, e.g. "**" for Markdown)."""
     if not versus:
         return "-"
+    said = verdict(versus)
+    shown = said if said == "tie" else f"{emphasis}{said}{emphasis}"
     return (f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] "
-            f"{versus['wins']}W/{versus['losses']}L {verdict(versus)}")
+            f"{versus['wins']}W/{versus['losses']}L {shown}")
 
 
 def gates_text(row: dict) -> str:
@@ -42,9 +53,7 @@ def markdown_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        versus = versus_text(row.get("versus_scratch"))
-        if row.get("versus_scratch") and verdict(row["versus_scratch"]) != "tie":
-            versus = versus.replace(verdict(row["versus_scratch"]), f"**{verdict(row['versus_scratch'])}**")
+        versus = versus_text(row.get("versus_scratch"), emphasis="**")
         flops = "-" if row.get("train_flops") is None else f"{row['train_flops'] / 1e12:.1f}"
         lines.append(
             f"| {row['target']} ({row['metric']}) | {row['strategy']} | {score_text(row)} | {versus} | {row['seeds']} "

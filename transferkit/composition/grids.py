@@ -59,4 +59,3 @@ def stored_grids(registry: RegistryStore) -> list[StoredGrid]:
         kind = "transfer" if all(arm in STRATEGIES for arm in arms) else "methods"
         found.append(StoredGrid(name, kind, sorted({target for target, _ in cells}), arms, seeds))
     return found
-

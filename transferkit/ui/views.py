@@ -179,6 +179,7 @@ def tasks_page(registry: Registry, page: int, per_page: int) -> dict[str, Any]:
 
 def compare_page(registry: Registry, targets: list[str], arms: list[str]) -> dict[str, Any]:
     """Every stored compare grid: a bar chart (mean with its 95% interval) and the table, for the chosen targets/arms."""
+    from transferkit.composition.grid_text import score_span
     from transferkit.composition.grids import stored_grids  # loads torch: only this page needs the grid code
 
     grids, all_targets, all_arms = [], set(), []
@@ -194,12 +195,7 @@ def compare_page(registry: Registry, targets: list[str], arms: list[str]) -> dic
 
         def bar(target: str, arm: str, cells: dict = by_cell) -> tuple[float, float | None, float | None] | None:
             row = cells.get((target, arm))
-            if row is None:
-                return None
-            interval = row.get("interval")
-            if interval:
-                return 100 * interval["mean"], 100 * interval["low"], 100 * interval["high"]
-            return 100 * row["mean"], 100 * (row["mean"] - row["std"]), 100 * (row["mean"] + row["std"])
+            return None if row is None else score_span(row)
 
         chart = svg.bar_chart(shown_targets, shown_arms, bar, title=f"grid {grid.name}", y_label="test metric ×100") if rows else None
         grids.append({"grid": grid, "rows": rows, "chart": chart, "key": key, "arm_key": arm_key})
