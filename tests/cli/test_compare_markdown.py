@@ -27,7 +27,8 @@ def test_markdown_table_says_what_json_says(tiny_experts, tiny_model_dir, shared
     for strategy, row in rows.items():
         interval = row["interval"]
         assert cells[strategy][2] == f"{100 * interval['mean']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
-        assert cells[strategy][4] == "2"
+        assert cells[strategy][4] == "2" and cells[strategy][6] == f"{row['device_seconds']:.0f}"
+        assert 0 < row["device_seconds"]
     versus = rows["average"]["versus_scratch"]
     assert cells["average"][3].startswith(f"{100 * versus['mean']:+.1f} [") and f"{versus['wins']}W/{versus['losses']}L" in cells["average"][3]
     assert cells["scratch"][3] == "-"

@@ -284,6 +284,8 @@ def collect(registry: RegistryStore, grid: Grid) -> list[dict]:
                     "scores": scores,
                     "wall_seconds": statistics.mean(walls),
                     "max_wall_seconds": max(walls),
+                    # CPU-core-seconds on CPU (GPU-seconds on CUDA): unlike wall time, not inflated by a loaded machine.
+                    "device_seconds": statistics.mean(c.get("device_seconds") or 0.0 for c in costs),
                     # Training FLOPs plus any preparation's (a merge, a weight search); None if a cell lacks the count.
                     "train_flops": statistics.mean(flops) if all(isinstance(f, (int, float)) for f in flops) else None,
                     "preparation_seconds": statistics.mean((c.get("preparation") or {}).get("wall_seconds") or 0.0 for c in costs),

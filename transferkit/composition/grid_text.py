@@ -46,18 +46,19 @@ def gates_text(row: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """A transfer grid's rows as a GitHub Markdown table, for a README or a paper's notes."""
+    """A transfer grid's rows as a GitHub Markdown table, for a README or a paper's notes. "device s" is CPU-core-seconds
+    on CPU (GPU-seconds on CUDA): the compute a cell used, which wall time overstates on a shared machine."""
     lines = [
         "| target (metric) | strategy | score ×100 [95% interval] | vs scratch [95% interval], W/L | seeds | wall s mean (max) "
-        "| TFLOPs | largest mean gates; zero expert |",
-        "|---|---|---|---|---|---|---|---|",
+        "| device s mean | TFLOPs | largest mean gates; zero expert |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         versus = versus_text(row.get("versus_scratch"), emphasis="**")
         flops = "-" if row.get("train_flops") is None else f"{row['train_flops'] / 1e12:.1f}"
         lines.append(
             f"| {row['target']} ({row['metric']}) | {row['strategy']} | {score_text(row)} | {versus} | {row['seeds']} "
-            f"| {row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f}) | {flops} | {gates_text(row)} |"
+            f"| {row['wall_seconds']:.0f} ({row['max_wall_seconds']:.0f}) | {row['device_seconds']:.0f} | {flops} | {gates_text(row)} |"
         )
     return "\n".join(lines)
 
