@@ -21,6 +21,12 @@ from transferkit.registry.rows import EvaluationRow, ExpertRow
 SPLITS = ("dev", "test", "file")
 
 
+def check_split(split: str) -> None:
+    """Refuse an evaluation split other than dev, test or file (a stored or a restored evaluation)."""
+    if split not in SPLITS:
+        raise InvalidInputError(f"an evaluation's split is one of {', '.join(SPLITS)}, not {split!r}")
+
+
 class EvaluationStore(abc.ABC):
     """The evaluation half of a registry (implemented for SQL databases by `SqlEvaluations`)."""
 
@@ -53,8 +59,7 @@ class SqlEvaluations(EvaluationStore):
         self, *, expert_id: str, task_name: str, split: str, metric: str, metrics: dict, interval: dict | None,
         examples: int, data_fingerprint: dict, details: dict,
     ) -> EvaluationRecord:
-        if split not in SPLITS:
-            raise InvalidInputError(f"an evaluation's split is one of {', '.join(SPLITS)}, not {split!r}")
+        check_split(split)
         score = metrics.get(metric)
         score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
         row = EvaluationRow(

@@ -18,7 +18,7 @@ from transferkit.errors import InvalidInputError, NotFoundError
 from transferkit.registry.artifacts import ArtifactStore
 from transferkit.registry.curation import restore_curation
 from transferkit.registry.entities import EvaluationRecord, ExpertCuration, ExpertRecord, LineageEdge, RunRecord, TaskRecord
-from transferkit.registry.evaluations import SPLITS
+from transferkit.registry.evaluations import check_split
 from transferkit.registry.lineage_queries import checked_lineage
 from transferkit.registry.mapping import dev_score, require_name, run_record, run_row, to_entity
 from transferkit.registry.rows import CounterRow, EvaluationRow, ExpertAliasRow, ExpertRow, LineageEdgeRow, RunRow, TaskRow
@@ -47,8 +47,7 @@ class SqlRestore:
         if unscored:
             raise InvalidInputError(f"evaluations are given for experts that are not being restored: {', '.join(unscored)}")
         for evaluation in evaluations:
-            if evaluation.split not in SPLITS:
-                raise InvalidInputError(f"evaluation {evaluation.id} has split {evaluation.split!r}, not one of {', '.join(SPLITS)}")
+            check_split(evaluation.split)
         for task in tasks:
             require_name(task.name, "task name")
         for expert, blob in experts:

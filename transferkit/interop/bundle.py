@@ -6,7 +6,8 @@ the experts' artifacts byte for byte. The manifest holds the registry's own reco
 hyper-parameters, seed, code and package versions, data fingerprints, status, cost), their tasks
 (description, spec, description embedding), the lineage edges into them, their stored evaluations (scores on
 other tasks and files, with intervals and data fingerprints) and their curation (note, tags, aliases; on import a
-note fills an empty one, tags are set, an alias that points at another expert there is left alone and reported). `--with-sources` adds every ancestor, recursively. Bundles are reproducible: the same experts give the same bytes.
+note fills an empty one, tags are set, an alias that points at another expert there is left alone and reported).
+`--with-sources` adds every ancestor, recursively. Bundles are reproducible: the same experts give the same bytes.
 
 Import reads the archive in memory (see `untrusted`), checks every record's fields and types, every
 artifact's digest and safetensors header, and rebuilds every expert on the backbone (method, config,
