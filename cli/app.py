@@ -26,6 +26,7 @@ from transferkit.cli.common import (
     MethodOptions,
     RegistryOption,
     TaskFileOption,
+    SourcePromptScaleOption,
     ZeroExpertOption,
     err,
     global_options,
@@ -183,6 +184,7 @@ def transfer_command(
                           "prompt alone: one set of weights for every input, so `transferkit merge` can collapse the mixture)."),
     ] = "states",
     zero_expert: ZeroExpertOption = None,
+    source_prompt_scale: SourcePromptScaleOption = None,
     head_init: HeadInitOption = "auto",
     gate_init: Annotated[
         str, typer.Option(help="How pemt's gate starts: uniform, or arrow (Arrow's routing of the task state by the LoRA "
@@ -207,7 +209,8 @@ def transfer_command(
     job = TransferJob(
         target=target, strategy=strategy, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
         top_k=top_k, route_top_k=route_top_k, sparsity_weight=sparsity_weight, gate_input=gate_input,
-        zero_expert=zero_expert, head_init=head_init, gate_init=gate_init, method=method,
+        zero_expert=zero_expert, head_init=head_init, gate_init=gate_init,
+        source_prompt_scale=source_prompt_scale, method=method,
         method_options=method_option or [], task_file=task_file, name=name, **job_options(training, run, output, options),
     )
     registry = registry_from(options)
@@ -319,6 +322,8 @@ def _render_inspect(details: dict) -> None:
         faithful = merge["faithfulness"]
         rows.append(("merge faithfulness", "exact" if faithful.get("exact")
                      else f"refactored by SVD, largest relative error {faithful['max_relative_error']:.4f}"))
+    if "source_prompt_scale" in extra:
+        rows.append(("source prompt scale", f"{extra['source_prompt_scale']:.3f} (learned from 0; 1 is PEMT's full weight)"))
     if extra.get("gate_init"):
         rows.append(("gate init", json.dumps({layer: v["shares"] for layer, v in extra["gate_init"]["layers"].items()})))
     gates = e["extra"].get("gate_weights")

@@ -72,6 +72,12 @@ ZeroExpertOption = Annotated[
                  help="pemt: let the gate also choose an expert that changes nothing, so a target unlike every source "
                       "can use none of them (default: on for pemt).", show_default=False),
 ]
+SourcePromptScaleOption = Annotated[
+    Optional[str],
+    typer.Option(help="pemt: add the sources' correlated prompts to the target's task prompt at full weight (fixed, "
+                      "PEMT) or scaled by a learned scalar that starts at 0 (learned). Default: fixed.",
+                 show_default=False),
+]
 # The library's default (composition.options.DEFAULT_SPARSITY_WEIGHT), repeated here so that `--help` needs no torch.
 DEFAULT_SPARSITY_WEIGHT = 0.0
 SparsityWeightOption = Annotated[

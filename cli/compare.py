@@ -17,6 +17,7 @@ from transferkit.cli.common import (
     MaxStepsOption,
     PatienceOption,
     PromptLrOption,
+    SourcePromptScaleOption,
     ZeroExpertOption,
     mib,
     registry_from,
@@ -53,6 +54,7 @@ def compare_command(
     route_top_k: Annotated[Optional[int], typer.Option(help="Experts active per example and layer.")] = None,
     sparsity_weight: SparsityWeightOption = DEFAULT_SPARSITY_WEIGHT,
     zero_expert: ZeroExpertOption = None,
+    source_prompt_scale: SourcePromptScaleOption = None,
     head_init: HeadInitOption = "auto",
     gate_init: Annotated[
         str, typer.Option(help="How pemt's gate starts: uniform, or arrow (routing by the LoRA sources' top singular vectors).")
@@ -99,6 +101,7 @@ def compare_command(
         name=grid, targets=_csv(targets), strategies=_csv(strategies or "scratch,spot,average,pemt"), seeds=seed_values,
         budget=budget, sources=_csv(sources) if sources else None, top_k=top_k, route_top_k=route_top_k,
         sparsity_weight=sparsity_weight, zero_expert=zero_expert, head_init=head_init, gate_init=gate_init,
+        source_prompt_scale=source_prompt_scale,
         strategy_options=_strategy_options(strategy_option or []),
     )
     registry = registry_from(options)

@@ -32,7 +32,9 @@ JOB_FIELDS = {
     "transfer": ("target", "strategy", "sources", "top_k", "route_top_k", "sparsity_weight", "method", *_COMMON_FIELDS),
 }
 # Fields added to the job record later, with the value that reproduces runs recorded before them.
-JOB_FIELD_DEFAULTS = {"transfer": {"gate_input": "states", "zero_expert": False, "head_init": "none", "gate_init": "uniform"}}
+JOB_FIELD_DEFAULTS = {"transfer": {
+    "gate_input": "states", "zero_expert": False, "head_init": "none", "gate_init": "uniform", "source_prompt_scale": "fixed",
+}}
 
 
 @dataclass

@@ -175,6 +175,18 @@ def test_cli_transfer_and_inspect(registry_url, sources, shared_data, tmp_path):
     assert shown.returncode == 0 and "gate" in shown.stdout and sources[0].name in shown.stdout
 
 
+def test_cli_transfer_with_a_learned_source_prompt_scale(registry_url, sources, shared_data, tmp_path):
+    result = run_cli(
+        "--registry", registry_url, "--data-dir", str(shared_data), "transfer", "--target", "cb",
+        "--source-prompt-scale", "learned", "--max-steps", "4", "--batch-size", "8", "--json", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    expert = json.loads(result.stdout)["expert"]
+    assert expert["config"]["source_prompt_scale"] == "learned" and expert["extra"]["source_prompt_scale"] != 0.0
+    shown = run_cli("--registry", registry_url, "inspect", expert["id"], cwd=tmp_path)
+    assert shown.returncode == 0 and "source prompt scale" in shown.stdout
+
+
 def test_cli_transfer_bad_inputs(registry_url, sources, shared_data, tiny_model_dir, tmp_path):
     foreign = train_source(
         open_registry(registry_url),
@@ -191,6 +203,8 @@ def test_cli_transfer_bad_inputs(registry_url, sources, shared_data, tiny_model_
         (("--target", "cb", "--route-top-k", "5"), "route-top-k"),
         (("--target", "cb", "--strategy", "magic"), "magic"),
         (("--target", "cb", "--strategy", "scratch", "--sources", sources[0].name), "scratch"),
+        (("--target", "cb", "--strategy", "average", "--source-prompt-scale", "learned"), "applies to pemt only"),
+        (("--target", "cb", "--source-prompt-scale", "maybe"), "--source-prompt-scale must be one of fixed, learned"),
     ]
     for args, fragment in cases:  # the console script's main() in this process: no new interpreter importing torch per case
         assert_one_line_error(run_cli_in_process(*base, *args, cwd=tmp_path), fragment)

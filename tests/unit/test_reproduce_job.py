@@ -101,3 +101,44 @@ def test_refusals_come_before_any_work(registry, sources, shared_data):
     with pytest.raises(InvalidInputError, match="incomplete job record.*strategy, sources"):
         reproduce(registry, incomplete.name, data_dir=shared_data, show_progress=False, command=["test"])
     assert registry.count_experts() == before
+
+
+def test_learned_source_prompt_scale_is_recorded_and_reproduces(registry, sources, tiny_model_dir, shared_data):
+    job = tiny_transfer(tiny_model_dir, shared_data, "pemt")
+    job.source_prompt_scale = "learned"
+    original = transfer(registry, job).expert
+    recorded = registry.get_run(original.run_id).hyperparams["job"]
+    assert recorded["source_prompt_scale"] == "learned" and original.config["source_prompt_scale"] == "learned"
+    assert original.extra["source_prompt_scale"] != 0.0  # three steps move the scale off its start at 0
+    result = reproduce(registry, original.name, data_dir=shared_data, show_progress=False, command=["test"])
+    assert result.same_weights and result.max_difference == 0.0
+    assert result.expert.extra["source_prompt_scale"] == original.extra["source_prompt_scale"]
+    # The default records PEMT's full weight, so a run recorded before the option rebuilds the same way.
+    default = transfer(registry, tiny_transfer(tiny_model_dir, shared_data, "pemt")).expert
+    assert registry.get_run(default.run_id).hyperparams["job"]["source_prompt_scale"] == "fixed"
+    assert JOB_FIELD_DEFAULTS["transfer"]["source_prompt_scale"] == "fixed"
+    assert "source_prompt_scale" not in default.config and "source_prompt_scale" not in default.extra
+
+
+@pytest.mark.parametrize("strategy", ["average", "scratch", "spot"])
+def test_learned_source_prompt_scale_is_refused_outside_pemt(registry, sources, tiny_model_dir, shared_data, strategy):
+    job = tiny_transfer(tiny_model_dir, shared_data, strategy)
+    job.source_prompt_scale = "learned"
+    before = registry.count_experts()
+    with pytest.raises(InvalidInputError, match="--source-prompt-scale learned applies to pemt only"):
+        transfer(registry, job)
+    job.source_prompt_scale = "sometimes"
+    with pytest.raises(InvalidInputError, match="--source-prompt-scale must be one of fixed, learned"):
+        transfer(registry, job)
+    assert registry.count_experts() == before
+
+
+def test_a_grid_refuses_cells_stored_with_another_source_prompt_scale(registry, sources, tiny_model_dir, shared_data):
+    budget = GridBudget(max_steps=2, batch_size=8, eval_every=2)
+    run_grid(registry, Grid(name="ps", targets=["cb"], strategies=["pemt"], seeds=[1], top_k=2, budget=budget),
+             shared_data, str(tiny_model_dir), show_progress=False)
+    learned = Grid(name="ps", targets=["cb"], strategies=["pemt"], seeds=[1], top_k=2, budget=budget, source_prompt_scale="learned")
+    with pytest.raises(InvalidInputError, match="stored with --source-prompt-scale 'fixed', not 'learned'"):
+        run_grid(registry, learned, shared_data, str(tiny_model_dir), show_progress=False)
+    with pytest.raises(InvalidInputError, match="add pemt to --strategies"):
+        Grid(name="x", targets=["cb"], strategies=["scratch"], seeds=[1], source_prompt_scale="learned").validate(registry)

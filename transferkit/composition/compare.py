@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferkit.composition.options import DEFAULT_SPARSITY_WEIGHT
-from transferkit.composition.strategies import strategy_names
+from transferkit.composition.strategies import get_strategy, strategy_names
 from transferkit.composition.transfer import TRANSFER_PROMPT_LR, TransferJob, transfer, validate_job
 from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted
 from transferkit.methods import get_method
@@ -77,6 +77,7 @@ class Grid:
     zero_expert: bool | None = None  # None: the strategy's default
     head_init: str = "auto"
     gate_init: str = "uniform"  # pemt only
+    source_prompt_scale: str | None = None  # pemt only; None: its default
     strategy_options: dict[str, list[str]] = field(default_factory=dict)  # strategy -> its `-O KEY=VALUE` options
 
     def validate(self, registry: RegistryStore) -> None:
@@ -90,6 +91,8 @@ class Grid:
             raise InvalidInputError(f"-O names {', '.join(stray)}, which is not in --strategies {','.join(self.strategies)}")
         if self.gate_init != "uniform" and "pemt" not in self.strategies:
             raise InvalidInputError("--gate-init sets how pemt's gate starts; add pemt to --strategies")
+        if self.source_prompt_scale is not None and "pemt" not in self.strategies:
+            raise InvalidInputError("--source-prompt-scale sets pemt's target prompt; add pemt to --strategies")
         for strategy in self.strategies:  # every cell's options are checked before the first cell trains
             validate_job(self.job(None, strategy, self.seeds[0], "check", None, None, show_progress=False))
         self.targets = [resolve_registered_task(registry, t).name for t in self.targets]
@@ -107,6 +110,7 @@ class Grid:
             top_k=self.top_k, route_top_k=self.route_top_k, sparsity_weight=self.sparsity_weight,
             zero_expert=self.zero_expert if strategy == "pemt" else None, head_init=self.head_init,
             gate_init=self.gate_init if strategy == "pemt" else "uniform",
+            source_prompt_scale=self.source_prompt_scale if strategy == "pemt" else None,
             method_options=list(self.strategy_options.get(strategy, [])),
             model=model, data_dir=data_dir, name=name,
             training=self.budget.training(seed, prompt_lr=self.budget.prompt_lr),
@@ -119,8 +123,10 @@ class Grid:
     def check_stored_cell(registry: RegistryStore, expert: ExpertRecord, job: TransferJob) -> None:
         """Refuse to count a stored cell that was run with other strategy options than its job asks for."""
         recorded = registry.get_run(expert.run_id).hyperparams.get("job") or {}
-        asked = {"-O": job.method_options, "--gate-init": job.gate_init}
-        stored = {"-O": list(recorded.get("method_options") or []), "--gate-init": recorded.get("gate_init") or "uniform"}
+        asked = {"-O": job.method_options, "--gate-init": job.gate_init,
+                 "--source-prompt-scale": get_strategy(job.strategy).source_prompt_scale(job)}
+        stored = {"-O": list(recorded.get("method_options") or []), "--gate-init": recorded.get("gate_init") or "uniform",
+                  "--source-prompt-scale": recorded.get("source_prompt_scale") or "fixed"}
         for flag, value in asked.items():
             if stored[flag] != value:
                 raise InvalidInputError(

@@ -9,6 +9,7 @@ from transferkit.training.loop import TrainingConfig
 
 HEAD_INITS = ("auto", "none")
 GATE_INITS = ("uniform", "arrow")
+SOURCE_PROMPT_SCALES = ("fixed", "learned")
 DEFAULT_TARGET_METHOD = "adapter"
 
 # Gates and the target prompt learn at this rate by default. At 1e-2 the zero-initialised gate
@@ -40,6 +41,9 @@ class TransferJob(JobOptions):
     head_init: str = "auto"
     # pemt's gate starts uniform, or at Arrow's routing of the task state (transferkit.composition.arrow.initialise_gate).
     gate_init: str = "uniform"
+    # pemt's target prompt adds the sources' correlated prompts at full weight ("fixed", PEMT) or scaled by a learned
+    # scalar that starts at 0 ("learned"; transferkit.task_prompt.TaskPrompt). None: pemt's default.
+    source_prompt_scale: str | None = None
     # The target's own expert for pemt/average/scratch (default: adapter); for spot it restricts the sources
     # to that method; attempt trains its own target prompt and takes none.
     method: str | None = None

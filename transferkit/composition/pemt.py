@@ -27,6 +27,7 @@ from transferkit.task_prompt import TaskPrompt
 MIXTURE_METHOD = "mixture"
 DEFAULT_ZERO_EXPERT = True
 ZERO_EXPERT_PRIOR = 0.98  # the zero expert's share before the gate learns (chosen on RTE, CB and CoLA dev; docs/transfer.md)
+DEFAULT_SOURCE_PROMPT_SCALE = "fixed"  # PEMT's T + sum_j (...) S_j; "learned" scales the sources' term from 0
 
 # A stored mixture's config: field -> accepted JSON types; the optional fields were added later.
 _CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
@@ -35,6 +36,7 @@ _CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
 }
 _OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "gate_input": (str,), "zero_expert": (bool,), "zero_expert_prior": (float,), "gate_init": (str,),
+    "source_prompt_scale": (str,),
 }
 
 
@@ -85,6 +87,9 @@ class PemtStrategy(Strategy):
     def zero_expert(self, job: TransferJob) -> bool:
         return DEFAULT_ZERO_EXPERT if job.zero_expert is None else job.zero_expert
 
+    def source_prompt_scale(self, job: TransferJob) -> str:
+        return job.source_prompt_scale or DEFAULT_SOURCE_PROMPT_SCALE
+
     def prepare(self, ctx: StrategyContext, config: MethodConfig) -> Prepared:
         job, backbone = ctx.job, ctx.backbone
         zero_expert = self.zero_expert(job)
@@ -93,8 +98,10 @@ class PemtStrategy(Strategy):
             zero_expert=zero_expert, zero_prior=ZERO_EXPERT_PRIOR if zero_expert else None,
         )
         target_method = get_method(job.method or DEFAULT_TARGET_METHOD)
+        prompt_scale = self.source_prompt_scale(job)
+        prompt = ctx.own_prompt(ctx.source_prompts(), learn_source_scale=True) if prompt_scale == "learned" else ctx.prompt
         model = TaskModel(backbone, target_method.build(config, backbone), ctx.task.num_labels, ctx.training.precision,
-                          ctx.prompt, composition)
+                          prompt, composition)
         method_config = {
             "strategy": self.name,
             "sources": ctx.source_ids,
@@ -104,6 +111,7 @@ class PemtStrategy(Strategy):
             "zero_expert": zero_expert,
             **({"zero_expert_prior": ZERO_EXPERT_PRIOR} if zero_expert else {}),
             **({"gate_init": job.gate_init} if job.gate_init != "uniform" else {}),
+            **({"source_prompt_scale": prompt_scale} if prompt_scale != "fixed" else {}),
             "sparsity_weight": job.sparsity_weight,
             "target_method": target_method.name,
             "target_config": config.to_dict(),
@@ -123,7 +131,10 @@ class PemtStrategy(Strategy):
             shares = trained.composition.zero_shares
             if shares:
                 weights["zero_expert"] = {"per_layer": shares, "mean": round(sum(shares.values()) / len(shares), 6)}
-            return [(sid, "source", round(w, 6)) for sid, w in zip(ctx.source_ids, mean)], {"gate_weights": weights}
+            own: dict = {"gate_weights": weights}
+            if trained.task_prompt is not None and trained.task_prompt.source_scale is not None:
+                own["source_prompt_scale"] = round(trained.task_prompt.source_scale.item(), 6)
+            return [(sid, "source", round(w, 6)) for sid, w in zip(ctx.source_ids, mean)], own
 
         lr = ctx.lr if ctx.lr is not None else config.recommended_lr
         return Prepared(model, MIXTURE_METHOD, method_config, lr, finalize)
@@ -157,6 +168,9 @@ class AverageStrategy(PemtStrategy):
 
     def zero_expert(self, job: TransferJob) -> bool:
         return False
+
+    def source_prompt_scale(self, job: TransferJob) -> str:
+        return "fixed"
 
 
 PEMT = PemtStrategy()

@@ -124,15 +124,20 @@ class StrategyContext:
 
     @cached_property
     def prompt(self) -> TaskPrompt | None:
-        """The target's description prompt, correlated with the sources' task prompts (built once)."""
-        return self.own_prompt([parts.prompt for parts in self.loaded if parts.prompt is not None])
+        """The target's description prompt, correlated with the sources' task prompts at full weight (built once)."""
+        return self.own_prompt(self.source_prompts())
 
-    def own_prompt(self, source_prompts: list[torch.Tensor] | None = None) -> TaskPrompt | None:
-        """A new description prompt for the target (None with --task-prompt-length 0), correlated with `source_prompts`."""
+    def source_prompts(self) -> list[torch.Tensor]:
+        return [parts.prompt for parts in self.loaded if parts.prompt is not None]
+
+    def own_prompt(self, source_prompts: list[torch.Tensor] | None = None, learn_source_scale: bool = False) -> TaskPrompt | None:
+        """A new description prompt for the target (None with --task-prompt-length 0), correlated with `source_prompts`
+        (their term scaled by a learned scalar from 0 with `learn_source_scale`)."""
         length = self.job.task_prompt_length
         if length < 1:
             return None
-        return TaskPrompt(description_prompt(self.task.description, self.backbone, length), source_prompts or [])
+        return TaskPrompt(description_prompt(self.task.description, self.backbone, length), source_prompts or [],
+                          learn_source_scale=learn_source_scale)
 
     @property
     def source_ids(self) -> list[str]:
@@ -209,13 +214,19 @@ class Strategy:
         self.refuse_gate_options(job)
 
     def refuse_gate_options(self, job: TransferJob) -> None:
-        """pemt's learned-gate options (--gate-input, --gate-init, --zero-expert) apply to pemt only."""
+        """pemt's learned-gate options (--gate-input, --gate-init, --zero-expert, --source-prompt-scale) apply to pemt only."""
         if job.gate_input != "states":
             raise InvalidInputError("--gate-input applies to pemt's learned gate only; drop it for other strategies")
         if job.gate_init != "uniform":
             raise InvalidInputError("--gate-init arrow starts pemt's learned gate (with --gate-input states); drop it for other strategies")
         if job.zero_expert:
             raise InvalidInputError("--zero-expert applies to pemt's learned gate only; pass --no-zero-expert for other strategies")
+        if job.source_prompt_scale == "learned":
+            raise InvalidInputError("--source-prompt-scale learned applies to pemt only; drop it for other strategies")
+
+    def source_prompt_scale(self, job: TransferJob) -> str:
+        """How the target prompt weighs the sources' prompts (recorded with the job): at full weight unless pemt learns it."""
+        return job.source_prompt_scale or "fixed"
 
     def options_class(self, job: TransferJob) -> type[MethodConfig]:
         """The config class the job's `-O` options are parsed into."""

@@ -17,7 +17,7 @@ import torch
 from transferkit.backbone import load_backbone
 from transferkit.composition.arrow import initialise_gate
 from transferkit.composition.heads import map_labels, mapped_head, mix_heads
-from transferkit.composition.options import GATE_INITS, HEAD_INITS, TRANSFER_PROMPT_LR, TransferJob
+from transferkit.composition.options import GATE_INITS, HEAD_INITS, SOURCE_PROMPT_SCALES, TRANSFER_PROMPT_LR, TransferJob
 from transferkit.composition.plugins import Strategy, StrategyContext
 from transferkit.composition.selection import RankedSource, TaskQuery, select_sources, target_embedding
 from transferkit.composition.strategies import STRATEGIES, get_strategy
@@ -52,6 +52,10 @@ def validate_job(job: TransferJob) -> tuple[Strategy, MethodConfig]:
         raise InvalidInputError(f"--head-init must be one of {', '.join(HEAD_INITS)}, got {job.head_init!r}")
     if job.gate_init not in GATE_INITS:
         raise InvalidInputError(f"--gate-init must be one of {', '.join(GATE_INITS)}, got {job.gate_init!r}")
+    if job.source_prompt_scale is not None and job.source_prompt_scale not in SOURCE_PROMPT_SCALES:
+        raise InvalidInputError(
+            f"--source-prompt-scale must be one of {', '.join(SOURCE_PROMPT_SCALES)}, got {job.source_prompt_scale!r}"
+        )
     strategy.validate(job)
     return strategy, strategy.options_class(job).from_options(job.method_options)
 
@@ -121,6 +125,7 @@ def transfer(registry: RegistryStore, job: TransferJob) -> TransferOutcome:
             target=task.name, strategy=job.strategy, sources=source_ids, top_k=job.top_k, route_top_k=job.route_top_k,
             sparsity_weight=job.sparsity_weight, method=strategy.recorded_method(job, prepared.method_name),
             gate_input=job.gate_input, zero_expert=job.zero_expert, head_init=job.head_init, gate_init=job.gate_init,
+            source_prompt_scale=strategy.source_prompt_scale(job),
         ),
     }
 
