@@ -225,8 +225,8 @@ class Strategy:
             raise InvalidInputError("--source-prompt-scale learned applies to pemt only; drop it for other strategies")
 
     def source_prompt_scale(self, job: TransferJob) -> str:
-        """How the target prompt weighs the sources' prompts (recorded with the job): at full weight unless pemt learns it."""
-        return job.source_prompt_scale or "fixed"
+        """How the target prompt weighs the sources' prompts (recorded with the job): at full weight; pemt may learn it."""
+        return "fixed"
 
     def options_class(self, job: TransferJob) -> type[MethodConfig]:
         """The config class the job's `-O` options are parsed into."""
