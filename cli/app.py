@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from typing import Annotated, Optional
 
 import click
@@ -51,7 +52,7 @@ from transferkit.cli.options import (
     store_options,
     with_options,
 )
-from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted, TransferkitError
+from transferkit.errors import InvalidInputError, NotFoundError, TrainingInterrupted, TransferkitError, TransferkitWarning
 from transferkit.training.interrupt import ImmediateStop
 
 app = typer.Typer(
@@ -387,6 +388,23 @@ _ABORTS = (click.exceptions.Abort, typer.Abort)
 
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and a non-zero exit code."""
+    previous = warnings.showwarning
+
+    def show_warning(message, category, *where) -> None:  # noqa: ANN001 - warnings.showwarning's signature
+        """transferkit's own warnings as one `warning:` line on stderr; other libraries' keep their format."""
+        if issubclass(category, TransferkitWarning):
+            err.print(f"warning: {one_line(str(message))}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            previous(message, category, *where)
+
+    warnings.showwarning = show_warning
+    try:
+        _run()
+    finally:  # `main()` also runs inside other programs' processes (tests, notebooks)
+        warnings.showwarning = previous
+
+
+def _run() -> None:
     try:
         _require_utf8_arguments(sys.argv[1:])
         code = app(standalone_mode=False)

@@ -29,6 +29,10 @@ def require(checks: list[tuple[bool, str]]) -> None:
             raise InvalidInputError(message)
 
 
+class TransferkitWarning(UserWarning):
+    """Something that works but not as the user likely expects; the CLI prints it as one `warning:` line."""
+
+
 class DataError(TransferkitError):
     """Task data is missing or unreadable."""
 

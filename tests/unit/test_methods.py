@@ -151,6 +151,29 @@ def test_every_method_trains_on_a_backbone_held_in_bf16(tiny_model_dir, name):
         _load_backbone.cache_clear()
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_warns_only_on_a_cpu_without_bf16_instructions(tiny_model_dir, monkeypatch, native):
+    import warnings
+
+    from transferkit import backbone as backbone_module
+    from transferkit.errors import TransferkitWarning
+
+    monkeypatch.setattr(backbone_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(backbone_module.torch.cuda, "is_available", lambda: False)
+    backbone_module._load_backbone.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backbone_module.load_backbone(str(tiny_model_dir))  # fp32 never warns
+            backbone_module.load_backbone(str(tiny_model_dir), precision="bf16")
+    finally:
+        backbone_module._load_backbone.cache_clear()
+    ours = [w for w in caught if issubclass(w.category, TransferkitWarning)]
+    assert [str(w.message) for w in ours] == ([] if native else [str(ours[0].message)])
+    if not native:
+        assert "no bf16 matrix instructions" in str(ours[0].message) and "--precision fp32" in str(ours[0].message)
+
+
 def test_a_bf16_backbone_on_cpu_computes_attention_with_matrix_products_and_agrees_with_fp32(tiny_model_dir):
     from transferkit.backbone import _load_backbone, load_backbone
 

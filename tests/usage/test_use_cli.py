@@ -128,3 +128,19 @@ def test_curation_commands(cli):
     assert_one_line_error(cli("predict", "tiny-cb-pemt", "a", "b"), "a source it reads is gone")
     assert cli("delete", "tiny-stsb", "--json").returncode == 0
     assert_one_line_error(cli("inspect", "tiny-stsb"), "no expert has the id, name or alias")
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_one_warning_line_and_still_predicts(cli, monkeypatch):
+    from transferkit import backbone
+
+    monkeypatch.setattr(backbone, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(backbone.torch.cuda, "is_available", lambda: False)
+    backbone._load_backbone.cache_clear()  # a backbone this process already holds in bf16 would not be loaded again
+    try:
+        result = cli("predict", "tiny-rte", *PAIRS[0], "--precision", "bf16", "--jsonl", "-q")
+    finally:
+        backbone._load_backbone.cache_clear()
+    assert _labels(result)  # a warning, not an error: the predictions still come
+    assert "Traceback" not in result.stderr and "TransferkitWarning" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("warning: this CPU has no bf16 matrix instructions") and line.endswith("use --precision fp32")
