@@ -25,9 +25,10 @@ on the same held-out dev examples (SST-2: its 1,000-example dev split):
 the first half of the official validation set, as transferkit splits it).
 Prints examples/s (training), the ratio to the faster PEFT Trainer setting, dev accuracy and eval examples/s; then the
 achieved FLOP/s of transferkit's training step (measured step FLOPs / step time) as a fraction of an
-fp32 and a bf16 matmul micro-benchmark run in this process. Every transferkit expert is also
-predicted on the dev set in both precisions: eval examples/s of each and the share of equal
-predictions (the lowest over rounds).
+fp32 and a bf16 matmul micro-benchmark run in this process. When `--precisions` includes bf16, every
+transferkit expert is also predicted on the dev set in both precisions: eval examples/s of each and the
+share of equal predictions (the lowest over rounds). On a CPU without bf16 instructions (AVX2 only),
+where torch emulates bf16 far below fp32's rate, run `--precisions fp32 --trainer-precisions fp32`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from transferkit.backbone import default_model_path, load_backbone
+from transferkit.backbone import cpu_has_native_bf16, default_model_path, load_backbone
 from transferkit.methods import get_method
 from transferkit.registry import open_registry
 from transferkit.tasks import load_splits, resolve_task
@@ -170,14 +171,15 @@ def peft_plain_run(method: str, splits, steps: int, seed: int = 1) -> dict:
     return {"train_eps": steps * BATCH / seconds, "dev": accuracy, "eval_eps": eval_rate}
 
 
-def transferkit_run(method: str, registry, splits, data_dir: Path, steps: int, precision: str, seed: int = 1) -> dict:
+def transferkit_run(method: str, registry, splits, data_dir: Path, steps: int, precision: str, predict_in: list[str],
+                    seed: int = 1) -> dict:
     expert = train_source(registry, SourceJob(
         task=splits.task.name, method=method, data_dir=data_dir, show_progress=False,
         training=TrainingConfig(max_steps=steps, eval_every=steps, seed=seed, precision=precision),
     ))
     run = registry.get_run(expert.run_id)
     rates, predictions = {}, {}
-    for at in ("fp32", "bf16"):  # the same stored expert predicted in both precisions: speed and agreement
+    for at in predict_in:  # the same stored expert predicted in each precision: speed and agreement
         backbone = load_backbone(None, precision=at)
         model = load_expert_model(registry, expert, backbone)
         model.precision = at
@@ -191,8 +193,8 @@ def transferkit_run(method: str, registry, splits, data_dir: Path, steps: int, p
         "dev": expert.metrics["dev"]["accuracy"],
         "flops_per_second": run.cost.get("train_flops_per_second"),
         "eval_eps": rates[precision],
-        "eval_eps_fp32": rates["fp32"], "eval_eps_bf16": rates["bf16"],
-        "bf16_agreement": float((predictions["fp32"] == predictions["bf16"]).mean()),
+        **{f"eval_eps_{at}": rate for at, rate in rates.items()},
+        "bf16_agreement": float((predictions["fp32"] == predictions["bf16"]).mean()) if len(predictions) == 2 else None,
     }
 
 
@@ -219,6 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     methods, precisions = args.methods.split(","), args.precisions.split(",")
+    predict_in = sorted(set(precisions) | {"fp32"}, key=["fp32", "bf16"].index)  # bf16 only when asked: AVX2 CPUs emulate it
     baselines = [(f"{TRAINER} {p}", args.steps, functools.partial(peft_trainer_run, precision=p)) for p in args.trainer_precisions.split(",")]
     if args.plain_loop_steps:
         baselines.append(("PEFT plain loop", args.plain_loop_steps, peft_plain_run))
@@ -231,7 +234,7 @@ def main() -> None:
         for method in methods:
             for precision in precisions:
                 results.setdefault((method, f"transferkit {precision}"), []).append(
-                    transferkit_run(method, registry, splits, data_dir, args.steps, precision))
+                    transferkit_run(method, registry, splits, data_dir, args.steps, precision, predict_in))
             for side, steps, run in baselines:
                 if (method, side) in failures:
                     continue
@@ -239,8 +242,6 @@ def main() -> None:
                     results.setdefault((method, side), []).append(run(method, splits, steps))
                 except Exception as error:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
                     failures[(method, side)] = f"{type(error).__name__}: {error}"
-    fp32, bf16 = matmul_flops_per_second(torch.float32), matmul_flops_per_second(torch.bfloat16)
-
     print(f"{splits.task.name}, batch {BATCH}, max length {MAX_LENGTH}, {args.steps} steps, {len(splits.dev)} dev examples, "
           f"{args.rounds} alternating rounds, medians; baseline: the faster {TRAINER} (group_by_length) setting, "
           f"torch threads {torch.get_num_threads()}")
@@ -259,6 +260,12 @@ def main() -> None:
             ratio = f"{rate / baseline:11.2f}" if baseline else f"{'n/a':>11}"
             print(f"{method:7} {side:17} {rate:10.1f} {ratio} {statistics.median(r['dev'] for r in runs):8.4f} "
                   f"{statistics.median(r['eval_eps'] for r in runs):9.1f}")
+    if "bf16" in predict_in:
+        print_prediction_agreement(results, methods, precisions)
+    print_hardware_efficiency(results, methods, precisions)
+
+
+def print_prediction_agreement(results: dict, methods: list[str], precisions: list[str]) -> None:
     print(f"\nprediction on the dev set: each transferkit expert predicted in fp32 and in bf16 (eval ex/s, share of equal predictions)")
     print(f"{'method':7} {'trained in':10} {'fp32 ex/s':>9} {'bf16 ex/s':>9} {'bf16/fp32':>9} {'same':>7}")
     for method in methods:
@@ -267,13 +274,21 @@ def main() -> None:
             fp32_rate, bf16_rate = (statistics.median(r[k] for r in runs) for k in ("eval_eps_fp32", "eval_eps_bf16"))
             print(f"{method:7} {precision:10} {fp32_rate:9.1f} {bf16_rate:9.1f} {bf16_rate / fp32_rate:9.2f} "
                   f"{min(r['bf16_agreement'] for r in runs):7.1%}")
-    print(f"\nmatmul micro-benchmark (1536^3): fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.1f} GFLOP/s")
+
+
+def print_hardware_efficiency(results: dict, methods: list[str], precisions: list[str]) -> None:
+    fp32 = matmul_flops_per_second(torch.float32)
+    bf16 = matmul_flops_per_second(torch.bfloat16) if "bf16" in precisions else None
+    print(f"\nmatmul micro-benchmark (1536^3): fp32 {fp32 / 1e9:.1f} GFLOP/s"
+          + (f", bf16 {bf16 / 1e9:.1f} GFLOP/s" if bf16 else "")
+          + f"; CPU bf16 instructions (AVX512-BF16 or AMX): {'yes' if cpu_has_native_bf16() else 'no'}")
     print(f"{'method':7} {'precision':9} {'step GFLOP/s':>12} {'of fp32 matmul':>14} {'of bf16 matmul':>14}")
     for method in methods:
         for precision in precisions:
             runs = results[(method, f"transferkit {precision}")]
             achieved = statistics.median(r["flops_per_second"] for r in runs)
-            print(f"{method:7} {precision:9} {achieved / 1e9:12.1f} {achieved / fp32:14.0%} {achieved / bf16:14.0%}")
+            of_bf16 = f"{achieved / bf16:14.0%}" if bf16 else f"{'n/a':>14}"
+            print(f"{method:7} {precision:9} {achieved / 1e9:12.1f} {achieved / fp32:14.0%} {of_bf16}")
 
 
 if __name__ == "__main__":
