@@ -126,7 +126,7 @@ def test_a_training_write_fault_is_one_line_leaves_nothing_and_resumes(setup, si
     with fault:
         failed = cli_in_process(setup.args(name), setup.folder, **env)
     monkeypatch.undo()
-    assert fault.hits >= 1  # the fault was really hit
+    assert fault.hits >= 1, (failed.returncode, failed.stderr)  # the fault was really hit
     after = setup.snapshot()
     assert files_under(artifacts) == artifact_files  # no blob, whole or partial
 
