@@ -203,6 +203,22 @@ def blob_key(digest: str, suffix: str) -> str:
     return f"{BLOB_FOLDER}/{digest[:2]}/{digest}{suffix}"
 
 
+def canonical_safetensors(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes that depend only on the tensors and metadata, so equal experts share one blob.
+
+    safetensors writes its JSON header from hash maps, whose order changes from call to call: the same tensors
+    saved twice gave different bytes, and so different content addresses. The header is rewritten with sorted
+    keys and padded to 8 bytes as safetensors pads it; the offsets are relative to the data, which is unchanged.
+    """
+    import safetensors.torch
+
+    data = safetensors.torch.save({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, metadata)
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + length :]
+
+
 def safetensors_metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` of a safetensors blob, read from its JSON header (8-byte little-endian length first)."""
     if len(data) < 8:

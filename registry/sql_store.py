@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from transferkit.errors import InvalidInputError, NotFoundError, RegistryError
 from transferkit.registry.abstract_store import RegistryStore
-from transferkit.registry.artifacts import ArtifactStore
+from transferkit.registry.artifacts import ArtifactStore, canonical_safetensors
 from transferkit.registry.curation import SqlCuration
 from transferkit.registry.engines import first_line, lock_sqlite_for_writing
 from transferkit.registry.entities import RUN_STATUSES, ExpertRecord, RunRecord, TaskMatch, TaskRecord
@@ -248,12 +248,10 @@ class SqlAlchemyStore(
         cost: dict | None = None,
         name_is_base: bool = False,
     ) -> ExpertRecord:
-        import safetensors.torch
-
         require_name(name, "expert name")
         cost_values = None if cost is None else split_cost(cost)
         edges = checked_lineage(lineage)
-        blob = safetensors.torch.save({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, tensor_metadata)
+        blob = canonical_safetensors(tensors, tensor_metadata)
         for attempt in range(_NAME_RACE_ATTEMPTS):
             row = ExpertRow(
                 id=_new_id(), name=name, task_name=task_name, method=method, config=config, backbone=backbone,

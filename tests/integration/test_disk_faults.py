@@ -43,10 +43,10 @@ class Setup:
         self.folder, self.model, self.data = folder, model, data
         self.url = f"sqlite:///{folder}/reg.db"
 
-    def args(self, name: str, url: str | None = None) -> list[str]:
+    def args(self, name: str, url: str | None = None, seed: int = 2) -> list[str]:
         return ["--registry", url or self.url, "--data-dir", str(self.data), "train-source", "glue/rte", "--method", "lora",
                 "-O", "dropout=0.1", "--model", str(self.model), "--max-train-examples", "64", "--max-steps", "12",
-                "--batch-size", "8", "--eval-every", "6", "--max-length", "48", "--checkpoint-every", "4", "--seed", "2",
+                "--batch-size", "8", "--eval-every", "6", "--max-length", "48", "--checkpoint-every", "4", "--seed", str(seed),
                 "--name", name, "--quiet"]
 
     def snapshot(self, url: str | None = None) -> dict:
@@ -91,11 +91,13 @@ def _one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str
     return lines[0]
 
 
-def _expect_identical(setup: Setup, name: str) -> None:
+def _expect_identical(setup: Setup, name: str, reference: str = "reference") -> None:
     store = open_registry(setup.url)
-    expected = store.load_expert_tensors(store.get_expert("reference"))[0]
-    actual = store.load_expert_tensors(store.get_expert(name))[0]
-    assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+    expected, actual = store.get_expert(reference), store.get_expert(name)
+    assert actual.artifact_sha256 == expected.artifact_sha256  # the same bytes: one blob for both
+    expected_tensors, actual_tensors = store.load_expert_tensors(expected)[0], store.load_expert_tensors(actual)[0]
+    assert expected_tensors.keys() == actual_tensors.keys()
+    assert all(torch.equal(expected_tensors[k], actual_tensors[k]) for k in expected_tensors)
     store.close()
 
 
@@ -122,9 +124,11 @@ def test_a_training_write_fault_is_one_line_leaves_nothing_and_resumes(setup, si
         _at_step(monkeypatch, 5, lambda: setattr(fault, "armed", True))
     elif site == "stop-checkpoint":  # SIGTERM at step 6: the checkpoint written on the signal hits the fault
         _at_step(monkeypatch, 6, lambda: (setattr(fault, "armed", True), os.kill(os.getpid(), signal.SIGTERM)))
+    # Equal experts share one content-addressed blob, so an artifact case trains one no earlier case stored.
+    seed = 10 + list(FAULTS).index(kind) if site == "artifact" else 2
     before, artifact_files, cache_files = setup.snapshot(), files_under(artifacts), files_under(cache)
     with fault:
-        failed = cli_in_process(setup.args(name), setup.folder, **env)
+        failed = cli_in_process(setup.args(name, seed=seed), setup.folder, **env)
     monkeypatch.undo()
     assert fault.hits >= 1, (failed.returncode, failed.stderr)  # the fault was really hit
     after = setup.snapshot()
@@ -146,9 +150,12 @@ def test_a_training_write_fault_is_one_line_leaves_nothing_and_resumes(setup, si
         if site != "artifact":
             assert f"the checkpoint at step {kept} is kept" in line
 
-    resumed = cli_in_process([*setup.args(name), "--resume"], setup.folder, **env)  # the fault is gone: space is back
+    resumed = cli_in_process([*setup.args(name, seed=seed), "--resume"], setup.folder, **env)  # the fault is gone: space is back
     assert resumed.returncode == 0, resumed.stderr
-    _expect_identical(setup, name)
+    if site == "artifact":  # the uninterrupted run with the same seed stores the very same blob
+        done = cli_in_process(setup.args(f"{name}-uninterrupted", seed=seed), setup.folder)
+        assert done.returncode == 0, done.stderr
+    _expect_identical(setup, name, f"{name}-uninterrupted" if site == "artifact" else "reference")
 
 
 @pytest.mark.parametrize("site,kind", [case for case in CASES if case[0] in OUTPUT_SITES], ids=lambda value: value)

@@ -11,7 +11,7 @@ import torch
 
 from transferkit.errors import ArtifactCorruptError, RegistryError
 from transferkit.registry import LocalArtifactStore, TaskRecord, open_registry
-from transferkit.registry.artifacts import safetensors_metadata
+from transferkit.registry.artifacts import canonical_safetensors, safetensors_metadata
 
 
 def test_put_is_content_addressed_and_idempotent(tmp_path):
@@ -90,3 +90,16 @@ def test_registry_folder_can_be_moved(tmp_path):
     assert torch.equal(tensors["lora.a"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
     assert expert.artifact_uri == moved.get_expert(expert.id).artifact_uri
     moved.close()
+
+
+def test_equal_tensors_and_metadata_always_give_the_same_bytes():
+    # safetensors orders its header by hash maps: without canonical bytes equal experts got different addresses.
+    metadata = {"format": "transferkit-expert", "method": "lora", "config": "{}", "task": "glue/rte", "num_outputs": "2", "backbone": "b"}
+    tensors = {"layer.1.w": torch.randn(3, 5), "a": torch.ones(3, dtype=torch.bfloat16), "count": torch.arange(7)}
+    blobs = {canonical_safetensors(tensors, metadata) for _ in range(30)}
+    assert len(blobs) == 1
+    [blob] = blobs
+    assert int.from_bytes(blob[:8], "little") % 8 == 0  # the header stays padded as safetensors pads it
+    loaded = safetensors.torch.load(blob)
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert safetensors_metadata(blob) == metadata
