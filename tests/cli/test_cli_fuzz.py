@@ -25,7 +25,7 @@ from unittest import mock
 import pytest
 import typer
 from cli_helpers import assert_one_line_error, run_cli
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from transferkit.cli.app import app, main
@@ -157,6 +157,7 @@ def _ends_in_a_result_or_one_error_line(argv: list[str]) -> None:
         "weight_decay": st.floats(), "warmup_ratio": st.floats(), "patience": st.integers(-3, 10**6),
     })
 )
+@example(values={"epochs": 5.617791046444737e306})  # finite, but its step count overflowed to infinity
 def test_training_settings_are_refused_or_usable(values):
     """What validate() accepts, the loop can use: step counts are integers, the seed fits torch and the registry."""
     import math

@@ -62,6 +62,9 @@ from transferkit.training.data import (
     sequential_batches,
 )
 
+MAX_EPOCHS = 1_000_000  # far beyond any real run; a larger number overflows the step count
+
+
 @dataclass
 class TrainingConfig:
     """Hyper-parameters of one training run (recorded on the run row)."""
@@ -87,7 +90,8 @@ class TrainingConfig:
         rates = (self.lr, self.head_lr, self.prompt_lr)
         require([
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
-            (self.epochs is None or (math.isfinite(self.epochs) and self.epochs > 0), f"--epochs must be a positive number, got {self.epochs}"),
+            (self.epochs is None or (math.isfinite(self.epochs) and 0 < self.epochs <= MAX_EPOCHS),
+             f"--epochs must be a positive number up to {MAX_EPOCHS:,}, got {self.epochs}"),
             (self.patience is None or self.patience >= 0, f"--patience must be at least 0 (0: no early stopping), got {self.patience}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (all(math.isfinite(r) and r > 0 for r in rates), f"learning rates must be positive numbers, got {rates}"),
