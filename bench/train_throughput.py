@@ -194,7 +194,7 @@ def transferkit_run(method: str, registry, splits, data_dir: Path, steps: int, p
         "flops_per_second": run.cost.get("train_flops_per_second"),
         "eval_eps": rates[precision],
         **{f"eval_eps_{at}": rate for at, rate in rates.items()},
-        "bf16_agreement": float((predictions["fp32"] == predictions["bf16"]).mean()) if len(predictions) == 2 else None,
+        "bf16_agreement": float((predictions["fp32"] == predictions["bf16"]).mean()) if "bf16" in predictions else None,
     }
 
 
@@ -221,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     methods, precisions = args.methods.split(","), args.precisions.split(",")
-    predict_in = sorted(set(precisions) | {"fp32"}, key=["fp32", "bf16"].index)  # bf16 only when asked: AVX2 CPUs emulate it
+    predict_in = ["fp32", "bf16"] if "bf16" in precisions else ["fp32"]  # bf16 only when asked: AVX2 CPUs emulate it
     baselines = [(f"{TRAINER} {p}", args.steps, functools.partial(peft_trainer_run, precision=p)) for p in args.trainer_precisions.split(",")]
     if args.plain_loop_steps:
         baselines.append(("PEFT plain loop", args.plain_loop_steps, peft_plain_run))

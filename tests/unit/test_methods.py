@@ -169,7 +169,7 @@ def test_bf16_warns_only_on_a_cpu_without_bf16_instructions(tiny_model_dir, monk
     finally:
         backbone_module._load_backbone.cache_clear()
     ours = [w for w in caught if issubclass(w.category, TransferkitWarning)]
-    assert [str(w.message) for w in ours] == ([] if native else [str(ours[0].message)])
+    assert len(ours) == (0 if native else 1)
     if not native:
         assert "no bf16 matrix instructions" in str(ours[0].message) and "--precision fp32" in str(ours[0].message)
 
